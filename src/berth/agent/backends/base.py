@@ -1,0 +1,46 @@
+"""The session backend plugin interface.
+
+A backend decides where a session's processes run and who they run as.
+
+Required methods:
+    ``prepare()``   create the session's identity and home (a system user, a container...); return a ``SessionHost``
+    ``teardown()``  end every process of the session and remove what ``prepare`` made, except the home/workspace
+
+Optional:
+    ``describe()``  one console line saying what isolation the session gets
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from berth.agent.environment import RunAs
+
+
+@dataclass
+class SessionHost:
+    run_as: RunAs           # who the session's processes run as
+    home: Path              # the session's HOME
+    system_user: bool       # a per-session system user was created (root agents)
+
+
+class SessionBackend(abc.ABC):
+    name: str = "abstract"
+
+    def __init__(self, session_id: str, session_dir: Path, *, homes_dir: Path, password: str):
+        self.session_id = session_id
+        self.session_dir = session_dir
+        self.homes_dir = homes_dir
+        self.password = password
+
+    @abc.abstractmethod
+    async def prepare(self) -> SessionHost: ...
+
+    @abc.abstractmethod
+    async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
+        """Return how many leftover processes had to be killed."""
+
+    def describe(self) -> str:
+        return f"{self.name} backend"

@@ -1,0 +1,46 @@
+"""The `process` backend: the session's processes run directly on the worker, no container.
+
+As root, each session gets its own system user (so sshd/dropbear can check the per-session password, and
+sessions cannot touch each other's files); as non-root, the session runs as the agent's user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from berth.agent.environment import RunAs, create_session_user, kill_session_processes, remove_session_user
+
+from .base import SessionBackend, SessionHost
+
+
+def session_user_name(session_id: str) -> str:
+    return f"berth-{session_id[:12]}"
+
+
+class ProcessBackend(SessionBackend):
+    name = "process"
+
+    async def prepare(self) -> SessionHost:
+        if os.geteuid() == 0:
+            home = self.homes_dir / self.session_id
+            self.homes_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.homes_dir, 0o755)  # session users must traverse it to reach their home
+            run_as = await create_session_user(session_user_name(self.session_id), home, self.password)
+            return SessionHost(run_as=run_as, home=home, system_user=True)
+        home = self.session_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return SessionHost(run_as=RunAs.current(home), home=home, system_user=False)
+
+    async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
+        uid = host.run_as.uid if host and host.system_user else None
+        killed = await asyncio.to_thread(kill_session_processes, self.session_id, uid=uid, exclude=exclude_pids)
+        if host and host.system_user:
+            await remove_session_user(host.run_as.user)
+        return killed
+
+    def describe(self) -> str:
+        if os.geteuid() == 0:
+            return "process backend: session runs as its own system user on the worker"
+        return "process backend: session runs as the agent's user on the worker (not root: no per-session user)"

@@ -1,0 +1,389 @@
+"""The built-in SSH server: asyncssh running inside the supervisor process.
+
+Used for non-root agents, where sshd and dropbear can neither check passwords nor hand out
+ptys. Everything runs as the supervisor's own user, so "login" only means: check the session
+password or key, then run the shell wrapper as a child process (on a fresh pty, or on pipes),
+with the same environment sshd would give it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hmac
+import ipaddress
+import os
+import posixpath
+import pwd
+import shutil
+import signal
+import struct
+import termios
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import asyncssh
+import psutil
+
+from berth.agent.ssh import SshServer, kill_tree, session_members
+from berth.errors import SetupFailed
+
+if TYPE_CHECKING:
+    from berth.agent.ssh import SshServerSpec
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DRAIN_GRACE = 1.0  # after the child exits, how long to keep forwarding output that background jobs still write
+HANGUP_GRACE = 2.0  # after the client goes away, how long SIGHUP gets before SIGKILL
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _set_winsize(fd: int, cols: int, rows: int, xpix: int = 0, ypix: int = 0) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows or 24, cols or 80, xpix, ypix))
+
+
+def _signal_group(pid: int, name: str) -> None:
+    sig = getattr(signal, f"SIG{name}", None)
+    if sig is None:
+        return
+    try:
+        os.killpg(pid, sig)  # children are session (hence group) leaders: reach their whole job
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _fd_ready(fd: int, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    add(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        remove(fd)
+
+
+async def _quietly(coro) -> None:
+    """Run a pump; either end vanishing (client gone, child gone) just ends it."""
+    try:
+        await coro
+    except (OSError, asyncssh.Error, asyncssh.DisconnectError):
+        pass
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await _fd_ready(fd, write=True)
+
+
+class _HomeSFTPServer(asyncssh.SFTPServer):
+    """SFTP over the user's own view of the filesystem, relative paths starting at home."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, home: bytes):
+        super().__init__(chan)
+        self._home = home
+
+    def map_path(self, path: bytes) -> bytes:
+        return path if path.startswith(b"/") else posixpath.join(self._home, path)
+
+
+class _Auth(asyncssh.SSHServer):
+    def __init__(self, server: BuiltinSshd):
+        self._server = server
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._server.conns.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.conns.discard(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        if username == self._server.spec.user and self._server.keys is not None and self._conn is not None:
+            self._conn.set_authorized_keys(self._server.keys)
+        return True  # always require auth, even for unknown names
+
+    def password_auth_supported(self) -> bool:
+        return bool(self._server.spec.password)
+
+    def validate_password(self, username: str, password: str) -> bool:
+        spec = self._server.spec
+        user_ok = hmac.compare_digest(username.encode(), spec.user.encode())
+        pw_ok = hmac.compare_digest(password.encode(), spec.password.encode())
+        return bool(spec.password) and user_ok and pw_ok
+
+    def public_key_auth_supported(self) -> bool:
+        return self._server.keys is not None
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        return _is_loopback(dest_host)  # direct-tcpip to this machine's loopback only
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return _is_loopback(listen_host)
+
+
+class BuiltinSshd:
+    def __init__(self, spec: SshServerSpec):
+        self.spec = spec
+        self.conns: set[asyncssh.SSHServerConnection] = set()
+        self.children: set[int] = set()
+        self.sids: set[int] = set()  # every child is a session leader; its background jobs stay in its session
+        self.keys = self._load_keys(spec.authorized_keys)
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._closed = False
+        try:
+            self._shell = pwd.getpwnam(spec.user).pw_shell or "/bin/sh"
+        except KeyError:
+            self._shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+    @staticmethod
+    def _load_keys(lines: list[str]) -> asyncssh.SSHAuthorizedKeys | None:
+        good = []
+        for line in lines:
+            try:
+                asyncssh.import_authorized_keys(line)  # skip a bad line instead of refusing all keys
+                good.append(line.strip())
+            except (ValueError, asyncssh.KeyImportError):
+                continue
+        return asyncssh.import_authorized_keys("\n".join(good) + "\n") if good else None
+
+    def alive(self) -> bool:
+        return not self._closed and self._acceptor is not None
+
+    async def start(self) -> tuple[int, str]:
+        key_path = self.spec.run_dir / "ssh_host_ed25519_key"
+        if key_path.exists():  # reuse keeps the host key stable across restarts
+            key = asyncssh.read_private_key(key_path)
+        else:
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key.export_private_key())
+        host_key = " ".join(key.export_public_key("openssh").decode().split()[:2])
+        home = os.fsencode(str(self.spec.home))
+        try:
+            self._acceptor = await asyncssh.create_server(
+                lambda: _Auth(self), self.spec.bind_host, self.spec.port or 0,
+                server_host_keys=[key], process_factory=self._session,
+                sftp_factory=lambda chan: _HomeSFTPServer(chan, home),
+                encoding=None, line_editor=False, agent_forwarding=False, x11_forwarding=False,
+                allow_scp=False, keepalive_interval=30,
+            )
+        except OSError as e:
+            raise SetupFailed(f"built-in SSH server could not listen on {self.spec.bind_host}:{self.spec.port}: {e}") from e
+        return self._acceptor.get_port(), host_key
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        victims = session_members(self.sids)
+        for pid in list(self.children):
+            try:
+                victims.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        await kill_tree(victims, signal.SIGHUP)  # what a dropped connection would send
+        for conn in list(self.conns):
+            conn.close()
+        waits = [asyncio.ensure_future(c.wait_closed()) for c in list(self.conns)]
+        if self._acceptor is not None:
+            waits.append(asyncio.ensure_future(self._acceptor.wait_closed()))
+        if waits:
+            await asyncio.wait(waits, timeout=2.0)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _env(self, process: asyncssh.SSHServerProcess, command: str | None) -> dict[str, str]:
+        spec = self.spec
+        env = {"PATH": DEFAULT_PATH, **spec.env,
+               "USER": spec.user, "LOGNAME": spec.user, "HOME": str(spec.home), "SHELL": self._shell}
+        peer = process.get_extra_info("peername") or ("", 0)
+        local = process.get_extra_info("sockname") or ("", 0)
+        env["SSH_CLIENT"] = f"{peer[0]} {peer[1]} {local[1]}"
+        env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
+        if command is not None:
+            env["SSH_ORIGINAL_COMMAND"] = command  # what sshd gives a ForceCommand
+        else:
+            env.pop("SSH_ORIGINAL_COMMAND", None)
+        return env
+
+    async def _session(self, process: asyncssh.SSHServerProcess) -> None:
+        if process.subsystem:  # sftp is served by asyncssh before we get here
+            process.stderr.write(f"subsystem {process.subsystem} is not supported\n".encode())
+            process.exit(1)
+            return
+        env = self._env(process, process.command)
+        try:
+            if process.term_type is not None:
+                status = await self._run_pty(process, env)
+            else:
+                status = await self._run_pipes(process, env)
+        except Exception as e:  # report, never leave the channel hanging
+            try:
+                process.stderr.write(f"berth: could not start the session: {e}\n".encode())
+            except Exception:
+                pass
+            status = 255
+        if status is None:  # client went away
+            return
+        try:
+            if status < 0:
+                process.exit_with_signal(signal.Signals(-status).name[3:])
+            else:
+                process.exit(status)
+        except Exception:
+            pass
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, process: asyncssh.SSHServerProcess,
+                         outputs: list[asyncio.Task], on_hangup: Callable[[], None]) -> int | None:
+        """Wait for the child or the client, whichever goes first; the child's status, or None."""
+        self.children.add(proc.pid)
+        self.sids.add(proc.pid)
+        waiter = asyncio.ensure_future(proc.wait())
+        closed = asyncio.ensure_future(process.channel.wait_closed())
+        try:
+            await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():  # client disconnected: hang up like sshd would, then insist
+                on_hangup()
+                _signal_group(proc.pid, "HUP")
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), HANGUP_GRACE)
+                except asyncio.TimeoutError:
+                    _signal_group(proc.pid, "KILL")
+                    await waiter
+                return None
+            # forward what is left; background jobs holding the output open get a short grace
+            await asyncio.wait(outputs, timeout=DRAIN_GRACE)
+            return proc.returncode
+        finally:
+            self.children.discard(proc.pid)
+            closed.cancel()
+            for t in outputs:
+                t.cancel()
+
+    async def _run_pipes(self, process: asyncssh.SSHServerProcess, env: dict[str, str]) -> int | None:
+        loop = asyncio.get_running_loop()
+        # what create_subprocess_exec does, keeping the transport: closing it lets go of pipes that
+        # background jobs still hold once the session is over
+        transport, protocol = await loop.subprocess_exec(
+            lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=2**16, loop=loop),
+            str(self.spec.shell_wrapper), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=str(self.spec.home), start_new_session=True,
+        )
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
+
+        async def pump_out(src: asyncio.StreamReader, dst: asyncssh.SSHWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        async def pump_in() -> None:
+            assert proc.stdin is not None
+            while True:
+                try:
+                    data = await process.stdin.read(65536)
+                except (asyncssh.SignalReceived, asyncssh.BreakReceived) as e:
+                    _signal_group(proc.pid, getattr(e, "signal", "INT"))
+                    continue
+                except asyncssh.TerminalSizeChanged:
+                    continue
+                if not data:
+                    break
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            proc.stdin.close()  # client EOF -> child EOF
+
+        inp = asyncio.ensure_future(_quietly(pump_in()))
+        outputs = [asyncio.ensure_future(_quietly(pump_out(proc.stdout, process.stdout))),
+                   asyncio.ensure_future(_quietly(pump_out(proc.stderr, process.stderr)))]
+        try:
+            return await self._supervise(proc, process, outputs, lambda: None)
+        finally:
+            inp.cancel()
+            transport.close()
+
+    async def _run_pty(self, process: asyncssh.SSHServerProcess, env: dict[str, str]) -> int | None:
+        master, slave = os.openpty()
+        try:
+            cols, rows, xpix, ypix = process.term_size
+            _set_winsize(slave, cols, rows, xpix, ypix)
+            env["TERM"] = process.term_type or "dumb"
+            env["SSH_TTY"] = os.ttyname(slave)
+            # setsid -c makes the pty the child's controlling terminal (no preexec_fn needed)
+            proc = await asyncio.create_subprocess_exec(
+                SETSID, "-c", str(self.spec.shell_wrapper), stdin=slave, stdout=slave, stderr=slave,
+                env=env, cwd=str(self.spec.home),
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # only the child holds the slave: EIO on master means it is gone
+        os.set_blocking(master, False)
+        state = {"open": True}
+
+        def hangup() -> None:
+            if state["open"]:
+                state["open"] = False
+                os.close(master)  # the kernel then sends SIGHUP to the session
+
+        async def pump_out() -> None:
+            while state["open"]:
+                try:
+                    data = os.read(master, 65536)
+                except BlockingIOError:
+                    await _fd_ready(master, write=False)
+                    continue
+                except OSError:  # EIO: every slave fd is closed
+                    return
+                if not data:
+                    return
+                process.stdout.write(data)
+                await process.stdout.drain()
+
+        async def pump_in() -> None:
+            while True:
+                try:
+                    data = await process.stdin.read(65536)
+                except asyncssh.TerminalSizeChanged as e:
+                    _set_winsize(master, e.width, e.height, e.pixwidth, e.pixheight)  # kernel sends SIGWINCH
+                    continue
+                except (asyncssh.SignalReceived, asyncssh.BreakReceived) as e:
+                    _signal_group(proc.pid, getattr(e, "signal", "INT"))
+                    continue
+                if not data:  # like sshd: EOF does not end a pty session
+                    return
+                await _write_fd(master, data)
+
+        inp = asyncio.ensure_future(_quietly(pump_in()))
+        out = asyncio.ensure_future(_quietly(pump_out()))
+        try:
+            return await self._supervise(proc, process, [out], hangup)
+        finally:
+            inp.cancel()
+            await asyncio.gather(inp, out, return_exceptions=True)  # nobody may touch master after close
+            hangup()
+
+
+async def start_builtin(spec: SshServerSpec, log: Callable[[str], None]) -> SshServer:
+    server = BuiltinSshd(spec)
+    port, host_key = await server.start()
+    log(f"built-in SSH server listening on {spec.bind_host}:{port}")
+    return SshServer("builtin", port, host_key, builtin=server)

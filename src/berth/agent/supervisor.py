@@ -1,0 +1,233 @@
+"""One supervisor process per session: set up, serve, watch, tear down.
+
+Started detached by the agent (``python -m berth.agent.supervisor SESSION_DIR``) so that an agent restart
+does not touch running sessions. It talks to the server with the session's own token.
+
+Steps: identity and home (backend) → workspace → venv → git clone → extra packages → login files →
+init script → SSH server → report active → wait for a stop request → tear down → report stopped.
+Any failed step fails the session with the step's own message and tears down what was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from berth.agent import environment as env
+from berth.agent.backends import SessionHost, get_backend
+from berth.agent.console import Console
+from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server
+from berth.apps import SshSessionConfig
+from berth.client import BerthClient
+from berth.errors import BerthError, Conflict, SetupFailed
+from berth.schemas import Assignment, SessionStatus, SshInfo, SupervisorStatus
+
+log = logging.getLogger("berth.supervisor")
+
+ASSIGNMENT_FILE = "assignment.json"
+SECRETS_FILE = "secrets.json"
+PID_FILE = "supervisor.pid"
+
+
+def advertise_host(server_url: str, configured: str | None) -> str:
+    """The address users reach this worker at: configured, else the one this host uses towards the server."""
+    if configured:
+        return configured
+    host = urlparse(server_url).hostname or "127.0.0.1"
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.getfqdn()
+
+
+def expand_workspace(path: str, home: Path) -> Path:
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return home / path[2:]
+    return Path(path)
+
+
+class Supervisor:
+    def __init__(self, session_dir: Path):
+        self.dir = session_dir
+        data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
+        self.agent = data["agent"]
+        self.assignment = Assignment.model_validate(data["assignment"])
+        secrets_path = session_dir / SECRETS_FILE
+        secrets = json.loads(secrets_path.read_text()) if secrets_path.exists() else {}
+        self.assignment.secrets = self.assignment.secrets.model_validate(secrets)
+        self.id = self.assignment.session_id
+        self.config = SshSessionConfig.model_validate(self.assignment.config)
+        self.client = BerthClient(self.agent["server"], self.assignment.session_token)
+        self.password = data["password"]
+        self.console = Console(self.client, self.id, secrets=[self.password, *(v for v in secrets.values() if v)])
+        self.backend = get_backend(self.agent.get("backend", "process"))(
+            self.id, session_dir, homes_dir=Path(self.agent["homes_dir"]), password=self.password)
+        self.host: SessionHost | None = None
+        self.ssh: SshServer | None = None
+        self.stop_event = asyncio.Event()
+        self.final = SessionStatus.stopped
+        self.error: str | None = None
+
+    async def report(self, status: SessionStatus, **fields) -> bool:
+        """Tell the server; False when the server has already ended the session (so we tear down)."""
+        await self.console.flush()  # the console tells the setup story before the status changes
+        for attempt in range(30):
+            try:
+                control = await self.client.report(self.id, SupervisorStatus(status=status, **fields))
+                if control.stop:
+                    self.stop_event.set()
+                return True
+            except Conflict:
+                self.stop_event.set()
+                return False
+            except BerthError as exc:
+                log.warning("report %s failed (%s), retrying", status.value, exc.message)
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        return False
+
+    async def setup(self) -> None:
+        c, cfg = self.console, self.config
+        t0 = time.monotonic()
+        c(f"setup: {self.backend.describe()}")
+        self.host = await self.backend.prepare()
+        run_as, home = self.host.run_as, self.host.home
+        c(f"setup: session user {run_as.user!r}, home {home}")
+        workspace = expand_workspace(cfg.workspace, home)
+        await asyncio.to_thread(_make_dir, workspace, run_as)
+        c(f"setup: workspace {workspace}")
+        venv = home / ".venv"
+        await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
+        c(f"setup: python environment {venv}")
+        scratch = self.dir / "scratch"
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        if cfg.git_repo:
+            secrets = self.assignment.secrets
+            await env.clone_git(cfg.git_repo, workspace, branch=cfg.git_branch, commit=cfg.git_commit, token=secrets.git_token,
+                                ssh_key=secrets.git_ssh_key, run_as=run_as, emit=lambda m: c(f"git: {m}"), scratch=scratch)
+        if cfg.packages:
+            c(f"packages: installing {' '.join(cfg.packages)}")
+            await env.install_packages(venv, cfg.packages, run_as, emit=lambda m: c(f"packages: {m}"))
+        wrapper = self.dir / "login" / "session-shell"
+        if self.host.system_user:  # the wrapper must be readable by the session user: keep it in the home
+            wrapper = home / ".berth" / "session-shell"
+        await asyncio.to_thread(env.write_login_files, home, workspace, venv, self.id, run_as, wrapper)
+        session_env = env.session_env(self.id, run_as, venv, workspace)
+        if cfg.init_script:
+            c("init: running init script")
+            await env.run_init_script(cfg.init_script, cwd=workspace, env=session_env, run_as=run_as,
+                                      emit=lambda m: c(f"init: {m}"), scratch=scratch)
+            c("init: init script finished")
+        kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
+        c(f"ssh: {reason}")
+        spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
+                             authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
+                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid)
+        self.ssh = await start_ssh_server(spec, log=lambda m: c(f"ssh: {m}"))
+        host = advertise_host(self.agent["server"], self.agent.get("advertise_host"))
+        info = SshInfo(host=host, port=self.ssh.port, user=run_as.user, password=self.password,
+                       command=f"ssh -p {self.ssh.port} {run_as.user}@{host}", server=kind,
+                       host_key=self.ssh.host_key, host_key_fingerprint=self.ssh.host_key_fingerprint)
+        c(f"ssh: ready at {host}:{self.ssh.port} as {run_as.user} (host key {self.ssh.host_key_fingerprint}); setup took {time.monotonic() - t0:.2f} s")
+        await self.report(SessionStatus.active, ssh=info)
+
+    async def watch(self) -> None:
+        """Wait for a stop request (long poll), the SSH server dying, or a signal."""
+        while not self.stop_event.is_set():
+            if self.ssh is not None and not self.ssh.alive():
+                self.final, self.error = SessionStatus.failed, "the SSH server exited unexpectedly"
+                return
+            try:
+                control = await self.client.watch(self.id, wait=20)
+                if control.stop:
+                    return
+            except BerthError as exc:  # server away: keep serving, try again
+                log.warning("watch failed: %s", exc.message)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), 2.0)
+
+    async def teardown(self) -> None:
+        c = self.console
+        if self.ssh is not None:
+            with contextlib.suppress(Exception):
+                await self.ssh.stop()
+            c("ssh: server stopped")
+        killed = await self.backend.teardown(self.host, exclude_pids={os.getpid()})
+        if killed:
+            c(f"teardown: ended {killed} leftover process(es)")
+        for secret_file in (self.dir / SECRETS_FILE, self.dir / "scratch"):
+            _remove(secret_file)
+        c("teardown: session processes ended, workspace kept")
+
+    async def run(self) -> int:
+        self.console.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        try:
+            try:
+                await self.setup()
+            except SetupFailed as exc:
+                self.final, self.error = SessionStatus.failed, exc.message
+                self.console.error(f"setup failed: {exc.message}")
+            except Exception as exc:  # a bug: fail the session with a clear line rather than hang in 'starting'
+                log.exception("setup crashed")
+                self.final, self.error = SessionStatus.failed, f"setup crashed: {type(exc).__name__}: {exc}"
+                self.console.error(self.error)
+            if self.error is None:
+                await self.watch()
+            if self.error is None:
+                await self.report(SessionStatus.stopping)
+            await self.teardown()
+            await self.report(self.final, error=self.console.redact(self.error) if self.error else None)
+        finally:
+            await self.console.close()
+            await self.client.aclose()
+            _remove(self.dir / PID_FILE)
+        return 0
+
+
+def _make_dir(path: Path, run_as: env.RunAs) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for p in [path, *path.parents]:
+            if p == run_as.home.parent or p == Path("/"):
+                break
+            if str(p).startswith(str(run_as.home)):
+                os.chown(p, run_as.uid, run_as.gid)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def main() -> None:
+    session_dir = Path(sys.argv[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    (session_dir / PID_FILE).write_text(str(os.getpid()))
+    sys.exit(asyncio.run(Supervisor(session_dir).run()))
+
+
+if __name__ == "__main__":
+    main()

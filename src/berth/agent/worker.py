@@ -1,0 +1,212 @@
+"""The agent: registers this machine as a worker, heartbeats, claims sessions, starts their supervisors.
+
+Supervisors run detached (their own process session), so restarting the agent leaves sessions running;
+the restarted agent re-adopts them from the session directories and reports any whose supervisor died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from berth.client import BerthClient
+from berth.ids import new_password
+from berth.errors import BerthError, ServerUnavailable, Unauthorized
+from berth.schemas import Assignment, SessionStatus, SupervisorStatus, WorkerRegister
+from berth.settings import AgentSettings
+
+from .supervisor import ASSIGNMENT_FILE, PID_FILE, SECRETS_FILE
+
+log = logging.getLogger("berth.agent")
+IDENTITY_FILE = "worker.json"
+
+
+def gpu_inventory() -> list[dict]:
+    """GPUs through NVML when there are any; an empty list otherwise."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)})
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def supervisor_alive(session_dir: Path) -> bool:
+    try:
+        pid = int((session_dir / PID_FILE).read_text())
+        proc = psutil.Process(pid)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and "berth.agent.supervisor" in " ".join(proc.cmdline())
+    except (FileNotFoundError, ValueError, psutil.Error):
+        return False
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings):
+        self.settings = settings
+        self.sessions_dir = settings.data_dir / "sessions"
+        self.worker_id: str | None = None
+        self.client: BerthClient | None = None
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = asyncio.Event()
+
+    # --- identity ---------------------------------------------------------------------------
+    def _load_identity(self) -> dict:
+        path = self.settings.data_dir / IDENTITY_FILE
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_identity(self, worker_id: str, token: str) -> None:
+        path = self.settings.data_dir / IDENTITY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"worker_id": worker_id, "token": token, "server": self.settings.server}, f)
+
+    async def register(self) -> None:
+        s = self.settings
+        info = WorkerRegister(
+            name=s.name or socket.gethostname(), hostname=socket.getfqdn(), queues=s.queues, cpus=os.cpu_count() or 1,
+            memory_bytes=psutil.virtual_memory().total, gpus=gpu_inventory(), run_as=getpass.getuser(),
+            is_root=os.geteuid() == 0,
+        )
+        saved = self._load_identity()
+        attempts = []
+        if saved.get("token") and saved.get("server") == s.server:
+            attempts.append((saved["token"], saved["worker_id"]))
+        if s.token:
+            attempts.append((s.token, saved.get("worker_id") if saved.get("server") == s.server else None))
+        if not attempts:
+            raise Unauthorized("the agent needs a registration token: --token or BERTH_AGENT_TOKEN")
+        last: BerthError | None = None
+        for token, worker_id in attempts:
+            async with BerthClient(s.server, token) as client:
+                try:
+                    registered = await client.register_worker(info.model_copy(update={"worker_id": worker_id}))
+                    break
+                except Unauthorized as exc:
+                    last = exc
+        else:
+            raise last or Unauthorized("registration refused")
+        self.worker_id = registered.worker_id
+        self._save_identity(registered.worker_id, registered.token)
+        self.client = BerthClient(s.server, registered.token)
+        log.info("registered as worker %s (%s) on queues %s", info.name, self.worker_id, ", ".join(s.queues))
+
+    # --- sessions ---------------------------------------------------------------------------
+    def start_supervisor(self, assignment: Assignment) -> None:
+        session_dir = self.sessions_dir / assignment.session_id
+        session_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secrets = assignment.secrets.model_dump(exclude_none=True)
+        public = assignment.model_copy(update={"secrets": type(assignment.secrets)()})
+        agent = {"server": self.settings.server, "backend": self.settings.backend, "homes_dir": str(self.settings.homes_dir),
+                 "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python}
+        _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
+                                                       "password": new_password()})
+        _write_private(session_dir / SECRETS_FILE, secrets)
+        log_file = open(session_dir / "supervisor.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "berth.agent.supervisor", str(session_dir)], stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=log_file, start_new_session=True, close_fds=True, cwd="/")
+        log_file.close()
+        self.children[assignment.session_id] = proc
+        log.info("session %s: supervisor started (pid %d)", assignment.session_id, proc.pid)
+
+    async def reconcile(self, expected: list[str]) -> None:
+        """Sessions the server thinks run here but whose supervisor is gone are failed with that reason."""
+        for sid in expected:
+            session_dir = self.sessions_dir / sid
+            proc = self.children.get(sid)
+            if proc is not None and proc.poll() is None:
+                continue
+            if supervisor_alive(session_dir):
+                continue
+            await asyncio.sleep(0)  # a supervisor that just finished reports by itself; check once more
+            try:
+                data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
+                token = data["assignment"]["session_token"]
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+            async with BerthClient(self.settings.server, token) as client:
+                with contextlib.suppress(BerthError):
+                    await client.report(sid, SupervisorStatus(status=SessionStatus.failed,
+                                                              error="the session's supervisor exited unexpectedly"))
+            self.children.pop(sid, None)
+        for sid, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                self.children.pop(sid)
+
+    async def heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                expected = await self.client.heartbeat(self.worker_id)
+                await self.reconcile(expected)
+            except BerthError as exc:
+                log.warning("heartbeat failed: %s", exc.message)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_s)
+
+    async def claim_loop(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                assignment = await self.client.claim(self.worker_id, wait=20)
+                backoff = 0.5
+            except ServerUnavailable as exc:
+                log.warning("%s", exc.message)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            except BerthError as exc:
+                log.error("claim failed: %s", exc.message)
+                await asyncio.sleep(2)
+                continue
+            if assignment is not None:
+                self.start_supervisor(assignment)
+
+    async def run(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.register()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.claim_loop())]
+        await self.stopping.wait()
+        log.info("agent stopping; running sessions keep running and are re-adopted at the next start")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
+
+def _write_private(path: Path, data: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    await Agent(settings).run()

@@ -1,0 +1,99 @@
+"""The SSH Session app: a prepared dev environment with a detached SSH server.
+
+One field per option of the seed's launch form; secrets (git credentials) travel separately in
+``LaunchSecrets`` and never appear in a configuration or an export.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from berth.schemas import App
+
+from .common import CommonConfig
+
+# Dashboard items of the seed, in its order (rendered by the web UI and `sessions show`).
+DASHBOARD_FIELDS = (
+    "status", "idle_seconds", "restored_from", "id", "ssh.host:ssh.port", "ssh.user", "ssh.password", "ssh.command",
+    "metrics.cpu", "metrics.network", "metrics.disk", "metrics.memory", "metrics.gpu", "metrics.gpu_memory", "console",
+)
+
+_GIT_REF = re.compile(r"^[A-Za-z0-9._/@{}~^+-]+$")
+
+
+class SshSessionConfig(CommonConfig):
+    app: ClassVar[App] = App.ssh_session
+
+    git_repo: str | None = Field(None, max_length=2048, description="Git repository cloned into the workspace")
+    git_branch: str | None = Field(None, max_length=255, description="Branch to check out")
+    git_commit: str | None = Field(None, max_length=255, description="Commit to check out")
+    image: str | None = Field(None, max_length=512, description="Container image (container backend)")
+    container_args: str | None = Field(None, max_length=4096, description="Extra container arguments (container backend)")
+    init_script: str | None = Field(None, max_length=256 * 1024, description="Bash script run before the SSH server starts")
+    packages: list[str] = Field(default_factory=list, description="Extra Python packages, pip requirement syntax")
+    workspace: str = Field("~/workspace", min_length=1, max_length=1024, description="Persistent workspace path")
+    dropbear: bool = Field(False, description="Use Dropbear instead of OpenSSH (required when not root)")
+
+    @field_validator("git_repo", "git_branch", "git_commit", "image", "container_args", "init_script", mode="before")
+    @classmethod
+    def _blank_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("git_repo")
+    @classmethod
+    def _repo(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value.startswith("-") or any(c.isspace() for c in value):
+            raise ValueError("not a git repository URL")
+        if "://" in value and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", value):
+            raise ValueError("credentials must not be part of the URL; pass them as a git token")
+        return value
+
+    @field_validator("git_branch", "git_commit")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value.startswith("-") or not _GIT_REF.match(value):
+            raise ValueError("not a valid git ref")
+        return value
+
+    @field_validator("packages", mode="before")
+    @classmethod
+    def _split_packages(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lines = [ln.split("#", 1)[0].strip() for ln in value.replace("\r", "").split("\n")]
+            out: list[str] = []
+            for line in lines:
+                out.extend(shlex.split(line)) if line else None
+            return out
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _check_packages(cls, value: list[str]) -> list[str]:
+        for req in value:
+            if not req.strip() or req.strip().startswith("-"):
+                raise ValueError(f"{req!r} is not a requirement (options are not allowed)")
+        return [r.strip() for r in value]
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: str) -> str:
+        value = value.strip()
+        if not (value.startswith("~") or value.startswith("/")):
+            raise ValueError("must be absolute or start with ~ (e.g. ~/workspace)")
+        if value.startswith("~") and not (value == "~" or value.startswith("~/")):
+            raise ValueError("only ~ (the session's home) may start the path")
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..'")
+        return value.rstrip("/") or "/"

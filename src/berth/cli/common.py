@@ -1,0 +1,92 @@
+"""What every CLI command shares: credentials, running async code, printing JSON or rich output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from berth.client import BerthClient
+from berth.errors import BerthError, Unauthorized
+from berth.settings import ClientSettings
+
+T = TypeVar("T")
+out = Console()  # stdout: tables and documents
+err = Console(stderr=True)  # progress and messages, so `--json` stdout holds one document only
+
+
+def settings() -> ClientSettings:
+    return ClientSettings()
+
+
+def credentials_path() -> Path:
+    return settings().config_dir / "credentials.json"
+
+
+def save_credentials(server: str, token: str, username: str) -> None:
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"server": server, "token": token, "username": username}, f)
+
+
+def load_credentials() -> tuple[str, str]:
+    s = settings()
+    saved: dict = {}
+    try:
+        saved = json.loads(credentials_path().read_text())
+    except (FileNotFoundError, ValueError):
+        pass
+    server = s.server or saved.get("server")
+    token = s.token or saved.get("token")
+    if not server or not token:
+        raise Unauthorized("not logged in: run `berth login --server URL --username U --password P`, or set BERTH_SERVER and BERTH_TOKEN")
+    return server, token
+
+
+def client() -> BerthClient:
+    server, token = load_credentials()
+    return BerthClient(server, token, timeout=settings().timeout_s)
+
+
+def run(fn: Callable[[BerthClient], Awaitable[T]]) -> T:
+    """Run an async call with a logged-in client; errors become a clear message and exit code 1."""
+
+    async def _go() -> T:
+        async with client() as c:
+            return await fn(c)
+
+    return guard(lambda: asyncio.run(_go()))
+
+
+def guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except BerthError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    if hasattr(data, "model_dump"):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if hasattr(d, "model_dump") else d for d in data]
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)

@@ -1,0 +1,124 @@
+"""`berth up`, `berth server`, `berth agent`: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import err, guard
+
+
+def _serve(settings) -> None:
+    import uvicorn
+
+    from berth.server.app import create_app
+
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                            lifespan="on", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def server(
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default ~/.berth)"),
+    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="Port (default 8470)"),
+) -> None:
+    """Run the control-plane server (API, dashboard, gateway)."""
+    from berth.settings import ServerSettings
+
+    overrides = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items() if v is not None}
+    settings = ServerSettings(**overrides)
+    err.print(f"berth server on http://{settings.host}:{settings.port} (database: {_safe_url(settings.resolved_database_url())})")
+    _serve(settings)
+
+
+def _safe_url(url: str) -> str:
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:****@", url)
+
+
+def agent(
+    server_url: str = typer.Option(..., "--server", envvar="BERTH_AGENT_SERVER", help="Server URL"),
+    queue: list[str] = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable)"),
+    backend: str = typer.Option("process", help="process | container"),
+    token: Optional[str] = typer.Option(None, envvar="BERTH_AGENT_TOKEN", help="Registration token (agent or admin token)"),
+    data_dir: Optional[Path] = typer.Option(None, help="Agent state directory (default ~/.berth/agent)"),
+    name: Optional[str] = typer.Option(None, help="Worker name (default: hostname)"),
+) -> None:
+    """Run an agent: serve sessions from queues on this machine."""
+    import logging
+
+    from berth.agent.backends import get_backend
+    from berth.agent.worker import run_agent
+    from berth.settings import AgentSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    fields = {"server": server_url, "queues": queue, "backend": backend, "token": token, "data_dir": data_dir, "name": name}
+    settings = AgentSettings(**{k: v for k, v in fields.items() if v is not None})
+    guard(lambda: get_backend(settings.backend))
+    guard(lambda: asyncio.run(run_agent(settings)))
+
+
+def up(
+    data_dir: Path = typer.Option(Path("~/.berth"), help="Data directory: database, store, agent state"),
+    host: str = typer.Option("127.0.0.1", help="Listen address"),
+    port: int = typer.Option(8470, help="Port"),
+) -> None:
+    """Server + one local agent on queue 'default', embedded SQLite. Ctrl-C stops both (sessions keep running)."""
+    from berth.settings import ServerSettings
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    agent_token = "ba_" + secrets.token_urlsafe(32)  # lives only in this process and its agent's environment
+    settings = ServerSettings(data_dir=data_dir, host=host, port=port, agent_token=agent_token)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    env = dict(os.environ, BERTH_AGENT_TOKEN=agent_token)
+    agent_cmd = [sys.executable, "-m", "berth.cli.main", "agent", "--server", url, "--queue", "default",
+                 "--data-dir", str(data_dir / "agent")]
+    agent_log = open(data_dir / "agent.log", "ab")
+    agent_proc: subprocess.Popen | None = None
+
+    def start_agent() -> None:
+        nonlocal agent_proc
+        agent_proc = subprocess.Popen(agent_cmd, env=env, stdin=subprocess.DEVNULL, stdout=agent_log, stderr=agent_log)
+
+    import threading
+
+    def launch_agent_when_ready() -> None:
+        import httpx
+
+        for _ in range(600):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    start_agent()
+                    err.print(f"berth is up: dashboard {url}/  (agent log: {data_dir / 'agent.log'})")
+                    return
+            time.sleep(0.1)
+
+    threading.Thread(target=launch_agent_when_ready, daemon=True).start()
+    try:
+        _serve(settings)
+    finally:
+        if agent_proc is not None and agent_proc.poll() is None:
+            agent_proc.send_signal(signal.SIGTERM)
+            try:
+                agent_proc.wait(5)
+            except subprocess.TimeoutExpired:
+                agent_proc.kill()
+        agent_log.close()
+        err.print("berth stopped (server and agent); running sessions keep running and are re-adopted by the next `berth up`")

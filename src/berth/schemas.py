@@ -1,0 +1,211 @@
+"""Typed value objects shared by server, agent and CLI (the wire format of the REST API)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SessionStatus(str, enum.Enum):
+    queued = "queued"
+    starting = "starting"
+    active = "active"
+    idle = "idle"
+    stopping = "stopping"
+    stopped = "stopped"
+    failed = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (SessionStatus.stopped, SessionStatus.failed)
+
+    @property
+    def is_running(self) -> bool:
+        """The supervisor is (or should be) up."""
+        return self in (SessionStatus.starting, SessionStatus.active, SessionStatus.idle, SessionStatus.stopping)
+
+    @property
+    def dashboard(self) -> str:
+        """The seed's four icons: setting up, active, idle, stopped (failed shown distinctly)."""
+        return {
+            "queued": "setting up", "starting": "setting up", "active": "active", "idle": "idle",
+            "stopping": "stopped", "stopped": "stopped", "failed": "failed",
+        }[self.value]
+
+
+class WorkerStatus(str, enum.Enum):
+    online = "online"
+    lost = "lost"
+    stopped = "stopped"
+
+
+class Role(str, enum.Enum):
+    viewer = "viewer"
+    member = "member"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return {"viewer": 1, "member": 2, "admin": 3}[self.value]
+
+
+class App(str, enum.Enum):
+    ssh_session = "ssh-session"
+    remote_desktop = "remote-desktop"
+
+
+class SshInfo(BaseModel):
+    host: str
+    port: int
+    user: str
+    password: str
+    command: str
+    server: str = Field(description="openssh, dropbear or builtin")
+    host_key: str | None = Field(None, description="Host public key line (for known_hosts pinning)")
+    host_key_fingerprint: str | None = None
+
+
+class Links(BaseModel):
+    browser: str | None = None
+    direct: str | None = None
+
+
+class SessionView(BaseModel):
+    """What `berth sessions show --json` prints and the dashboard shows."""
+
+    id: str
+    app: App
+    name: str
+    project: str
+    tags: list[str]
+    queue: str
+    status: SessionStatus
+    dashboard_status: str
+    idle_seconds: float
+    restored_from: str | None
+    worker: str | None
+    error: str | None
+    owner: str
+    config: dict[str, Any]
+    ssh: SshInfo | None
+    links: Links | None
+    created_at: datetime
+    started_at: datetime | None
+    stopped_at: datetime | None
+
+
+class LaunchSecrets(BaseModel):
+    """Credentials a session needs at setup. Stored for the supervisor only; never shown, exported or logged."""
+
+    model_config = ConfigDict(extra="forbid")
+    git_token: str | None = Field(None, description="Token for cloning a private HTTPS repository")
+    git_ssh_key: str | None = Field(None, description="Private key (OpenSSH PEM) for cloning over SSH")
+
+
+class LaunchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    app: App
+    config: dict[str, Any] = Field(description="The app's configuration (validated against its model)")
+    secrets: LaunchSecrets = Field(default_factory=LaunchSecrets)
+
+
+class ConsoleEvent(BaseModel):
+    id: int
+    ts: datetime
+    level: str
+    message: str
+
+
+class EventIn(BaseModel):
+    ts: datetime | None = None
+    level: str = "info"
+    message: str
+
+
+class TokenView(BaseModel):
+    id: str
+    label: str
+    kind: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="The secret, shown once")
+
+
+class LoginRequest(BaseModel):
+    username: str
+    password: str
+
+
+class LoginResponse(BaseModel):
+    token: str
+    username: str
+    is_admin: bool
+
+
+class UserView(BaseModel):
+    username: str
+    is_admin: bool
+
+
+class WorkerRegister(BaseModel):
+    name: str
+    hostname: str
+    queues: list[str]
+    cpus: int
+    memory_bytes: int
+    gpus: list[dict[str, Any]] = []
+    run_as: str
+    is_root: bool
+    worker_id: str | None = Field(None, description="Previous identity, to re-register after a restart")
+
+
+class WorkerRegistered(BaseModel):
+    worker_id: str
+    token: str
+
+
+class WorkerView(BaseModel):
+    id: str
+    name: str
+    hostname: str
+    queues: list[str]
+    status: WorkerStatus
+    cpus: int
+    memory_bytes: int
+    gpus: list[dict[str, Any]]
+    run_as: str
+    last_heartbeat: datetime | None
+
+
+class Assignment(BaseModel):
+    """A claimed session, as handed to the agent (and from it to the supervisor)."""
+
+    session_id: str
+    session_token: str
+    app: App
+    config: dict[str, Any]
+    secrets: LaunchSecrets
+    owner: str
+    owner_ssh_keys: list[str]
+    restored_from: str | None
+
+
+class SupervisorStatus(BaseModel):
+    status: SessionStatus
+    error: str | None = None
+    ssh: SshInfo | None = None
+    idle_seconds: float | None = None
+
+
+class SupervisorControl(BaseModel):
+    """The server's answer to a supervisor's heartbeat: what the session should do."""
+
+    stop: bool
+    status: SessionStatus

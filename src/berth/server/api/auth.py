@@ -1,0 +1,83 @@
+"""Login, the current user, users (admin), SSH public keys, API tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from berth.schemas import LoginRequest, LoginResponse, TokenCreated, TokenView, UserView
+from berth.server.services import accounts
+
+from .deps import Admin, CurrentUser, Db, errors
+
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+@router.post("/auth/login", response_model=LoginResponse, responses=errors(401, 422))
+async def login(body: LoginRequest, db: Db, request: Request) -> LoginResponse:
+    token, user = await accounts.login(db, body.username, body.password, request.app.state.settings.token_days)
+    return LoginResponse(token=token, username=user.username, is_admin=user.is_admin)
+
+
+@router.get("/users/me", response_model=UserView, responses=errors(401))
+async def me(user: CurrentUser) -> UserView:
+    return UserView(username=user.username, is_admin=user.is_admin)
+
+
+class NewUser(BaseModel):
+    username: str
+    password: str = Field(min_length=8)
+    is_admin: bool = False
+
+
+@router.post("/users", response_model=UserView, status_code=201, responses=errors(401, 403, 409, 422))
+async def create_user(body: NewUser, db: Db, _admin: Admin) -> UserView:
+    user = await accounts.create_user(db, body.username, body.password, is_admin=body.is_admin)
+    return UserView(username=user.username, is_admin=user.is_admin)
+
+
+class SshKeys(BaseModel):
+    keys: list[str] = Field(max_length=32, description="OpenSSH public key lines accepted by your sessions")
+
+
+@router.post("/users/me/ssh-keys", response_model=SshKeys, responses=errors(401, 422))
+async def add_ssh_keys(body: SshKeys, user: CurrentUser) -> SshKeys:
+    """Add public keys (kept once each, newest 32) that every session you launch will accept."""
+    from berth.errors import InvalidInput
+
+    keys = []
+    for i, line in enumerate(body.keys):
+        parts = line.strip().split()
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in line:
+            raise InvalidInput(f"keys.{i}: not an OpenSSH public key line", field=f"keys.{i}")
+        keys.append(" ".join(parts[:3]))
+    merged = [k for k in (user.ssh_keys or []) if k not in keys] + keys
+    user.ssh_keys = merged[-32:]
+    return SshKeys(keys=user.ssh_keys)
+
+
+class NewToken(BaseModel):
+    label: str = Field("", max_length=128)
+    kind: str = Field("api", description="api, gateway, or agent (admins: registers agents)")
+    expires_days: float | None = Field(None, description="Lifetime in days; none = never expires")
+
+
+def _view(row) -> dict:
+    return dict(id=row.id, label=row.label, kind=row.kind, created_at=row.created_at, expires_at=row.expires_at,
+                revoked=row.revoked_at is not None)
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201, responses=errors(401, 403, 422))
+async def create_token(body: NewToken, db: Db, user: CurrentUser) -> TokenCreated:
+    row, secret = await accounts.create_token(db, user, kind=body.kind, label=body.label, expires_days=body.expires_days)
+    return TokenCreated(token=secret, **_view(row))
+
+
+@router.get("/tokens", response_model=list[TokenView], responses=errors(401))
+async def list_tokens(db: Db, user: CurrentUser) -> list[TokenView]:
+    return [TokenView(**_view(r)) for r in await accounts.list_tokens(db, user)]
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenView, responses=errors(401, 404))
+async def revoke_token(token_id: str, db: Db, user: CurrentUser) -> TokenView:
+    return TokenView(**_view(await accounts.revoke_token(db, user, token_id)))

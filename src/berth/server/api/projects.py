@@ -1,0 +1,73 @@
+"""Projects and their members; queues."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from berth.schemas import Role
+from berth.server.db.models import Project, Queue
+from berth.server.services import accounts
+
+from .deps import Admin, CurrentUser, Db, errors
+
+router = APIRouter(prefix="/api/v1", tags=["projects"])
+
+
+class ProjectView(BaseModel):
+    name: str
+    role: Role
+
+
+@router.get("/projects", response_model=list[ProjectView], responses=errors(401))
+async def list_projects(db: Db, user: CurrentUser) -> list[ProjectView]:
+    out = []
+    for project in (await db.execute(select(Project).order_by(Project.name))).scalars():
+        role = await accounts.role_in(db, user, project.id)
+        if role:
+            out.append(ProjectView(name=project.name, role=role))
+    return out
+
+
+class NewProject(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+
+
+@router.post("/projects", response_model=ProjectView, status_code=201, responses=errors(401, 409, 422))
+async def create_project(body: NewProject, db: Db, user: CurrentUser) -> ProjectView:
+    from berth.errors import Conflict
+
+    if (await db.execute(select(Project.id).where(Project.name == body.name))).first():
+        raise Conflict(f"project {body.name!r} exists")
+    await accounts.project_for_launch(db, user, body.name)
+    return ProjectView(name=body.name, role=Role.admin)
+
+
+class Membership(BaseModel):
+    username: str
+    role: Role | None = Field(description="viewer, member or admin; null removes the member")
+
+
+@router.put("/projects/{name}/members", status_code=204, responses=errors(401, 403, 404, 422))
+async def set_member(name: str, body: Membership, db: Db, user: CurrentUser) -> None:
+    await accounts.set_member(db, user, name, body.username, body.role)
+
+
+class QueueView(BaseModel):
+    name: str
+
+
+@router.get("/queues", response_model=list[QueueView], responses=errors(401))
+async def list_queues(db: Db, _user: CurrentUser) -> list[QueueView]:
+    return [QueueView(name=n) for (n,) in await db.execute(select(Queue.name).order_by(Queue.name))]
+
+
+@router.post("/queues", response_model=QueueView, status_code=201, responses=errors(401, 403, 409))
+async def create_queue(body: QueueView, db: Db, _admin: Admin) -> QueueView:
+    from berth.errors import Conflict
+
+    if (await db.execute(select(Queue.id).where(Queue.name == body.name))).first():
+        raise Conflict(f"queue {body.name!r} exists")
+    db.add(Queue(name=body.name))
+    return body

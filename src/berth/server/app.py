@@ -1,0 +1,98 @@
+"""FastAPI application factory: routers, the one error handler, startup (migrations, bootstrap, reaper)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from berth import __version__
+from berth.errors import BerthError
+from berth.settings import ServerSettings
+
+from .db.engine import make_engine, migrate, sessionmaker
+from .db.models import utcnow
+from .services import accounts, workers
+from .services.notify import Notifier
+
+log = logging.getLogger("berth.server")
+
+
+async def _reaper(app: FastAPI, started) -> None:
+    settings: ServerSettings = app.state.settings
+    while True:
+        await asyncio.sleep(settings.reaper_interval_s)
+        try:
+            async with app.state.sessionmaker() as db:
+                failed = await workers.reap_lost(db, settings.heartbeat_timeout_s, started)
+                await db.commit()
+            for sid in failed:
+                app.state.notifier.notify(f"session:{sid}")
+        except Exception:  # keep reaping; a database hiccup must not end the loop
+            log.exception("reaper pass failed")
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url())
+        await migrate(engine)
+        app.state.sessionmaker = sessionmaker(engine)
+        async with app.state.sessionmaker() as db:
+            generated = await accounts.bootstrap(db, settings.admin_password)
+            await db.commit()
+        if generated:
+            # Printed once, to the operator's terminal only (never to the log file).
+            print(f"berth: created user 'admin' with password: {generated}", flush=True)
+        reaper = asyncio.create_task(_reaper(app, utcnow()))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await engine.dispose()
+
+    app = FastAPI(title="berth", version=__version__, lifespan=lifespan,
+                  description="Self-hosted interactive remote sessions: SSH dev environments and remote desktops.")
+    app.state.settings = settings
+    app.state.notifier = Notifier()
+
+    @app.exception_handler(BerthError)
+    async def _berth_error(request: Request, exc: BerthError) -> JSONResponse:
+        if exc.http_status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.log_message)
+        elif exc.log_message != exc.message:
+            log.info("%s %s: %s", request.method, request.url.path, exc.log_message)
+        return JSONResponse(exc.to_body(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", []) if p not in ("body", "query", "path"))
+        msg = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg")
+        return JSONResponse({"detail": f"{field}: {msg}" if field else str(msg), "field": field or None}, status_code=422)
+
+    from .api import auth, projects, sessions, workers as workers_api
+
+    for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["meta"])
+    async def healthz() -> dict:
+        return {"ok": True, "version": __version__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return ("<!doctype html><title>berth</title><h1>berth</h1>"
+                "<p>Server is running. API documentation: <a href='/docs'>/docs</a>.</p>")
+
+    return app

@@ -1,0 +1,202 @@
+"""Users, API tokens, projects and who may do what."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth.apps.common import DEFAULT_PROJECT
+from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from berth.schemas import Role
+from berth.server.db.models import ApiToken, Project, ProjectMember, Session, User, Worker, utcnow
+
+from . import security
+
+log = logging.getLogger("berth.server")
+_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Principal:
+    """Who is asking: a user, a worker (agent), or one session's supervisor."""
+
+    kind: str  # "user" | "worker" | "session" | "agent-registration"
+    user: User | None = None
+    worker: Worker | None = None
+    session_id: str | None = None
+
+    def require_user(self) -> User:
+        if self.user is None:
+            raise Forbidden("this route is for users")
+        return self.user
+
+
+async def authenticate(db: AsyncSession, token: str | None, *, agent_token: str | None = None) -> Principal:
+    if not token:
+        raise Unauthorized("authentication required: log in with `berth login` or send Authorization: Bearer <token>")
+    if agent_token and security.same_secret(token, agent_token):
+        return Principal(kind="agent-registration")
+    kind = security.token_kind(token)
+    digest = security.hash_token(token)
+    if kind in ("api", "agent", "gateway"):
+        row = (await db.execute(select(ApiToken).where(ApiToken.token_hash == digest))).scalar_one_or_none()
+        if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at < utcnow()):
+            raise Unauthorized("invalid, expired or revoked token")
+        if row.kind == "agent":
+            return Principal(kind="agent-registration")
+        user = await db.get(User, row.user_id) if row.user_id else None
+        if user is None:
+            raise Unauthorized("invalid token")
+        return Principal(kind="user", user=user)
+    if kind == "worker":
+        worker = (await db.execute(select(Worker).where(Worker.token_hash == digest))).scalar_one_or_none()
+        if worker is None:
+            raise Unauthorized("invalid worker token")
+        return Principal(kind="worker", worker=worker)
+    if kind == "session":
+        sid = (await db.execute(select(Session.id).where(Session.session_token_hash == digest))).scalar_one_or_none()
+        if sid is None:
+            raise Unauthorized("invalid session token")
+        return Principal(kind="session", session_id=sid)
+    raise Unauthorized("invalid token")
+
+
+async def login(db: AsyncSession, username: str, password: str, token_days: float) -> tuple[str, User]:
+    user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    # Verify against a dummy hash for unknown users so timing does not reveal which names exist.
+    ok = security.verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not ok:
+        raise Unauthorized("wrong username or password", log_message=f"failed login for {username!r}")
+    token = await create_token(db, user, kind="api", label="login", expires_days=token_days)
+    return token[1], user
+
+
+_DUMMY_HASH = security.hash_password("berth-dummy-password")
+
+
+async def create_token(db: AsyncSession, user: User | None, *, kind: str, label: str, expires_days: float | None) -> tuple[ApiToken, str]:
+    if kind not in ("api", "gateway", "agent"):
+        raise InvalidInput("kind: must be api, gateway or agent", field="kind")
+    if kind == "agent" and not (user and user.is_admin):
+        raise Forbidden("only admins can create agent registration tokens")
+    if expires_days is not None and expires_days <= 0:
+        raise InvalidInput("expires_days: must be positive", field="expires_days")
+    secret = security.new_token(kind)
+    row = ApiToken(
+        id=security.new_id(), user_id=user.id if user else None, kind=kind, label=label[:128],
+        token_hash=security.hash_token(secret),
+        expires_at=utcnow() + timedelta(days=expires_days) if expires_days else None,
+    )
+    db.add(row)
+    await db.flush()
+    return row, secret
+
+
+async def list_tokens(db: AsyncSession, user: User) -> list[ApiToken]:
+    rows = await db.execute(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at))
+    return list(rows.scalars())
+
+
+async def revoke_token(db: AsyncSession, user: User, token_id: str) -> ApiToken:
+    row = await db.get(ApiToken, token_id)
+    if row is None or (row.user_id != user.id and not user.is_admin):
+        raise NotFound(f"no token {token_id!r}")
+    row.revoked_at = row.revoked_at or utcnow()
+    return row
+
+
+async def create_user(db: AsyncSession, username: str, password: str, *, is_admin: bool = False) -> User:
+    if not _USERNAME.match(username):
+        raise InvalidInput("username: lower-case letters, digits, '_', '.', '-' (max 64), starting with a letter", field="username")
+    if len(password) < 8:
+        raise InvalidInput("password: at least 8 characters", field="password")
+    if (await db.execute(select(User.id).where(User.username == username))).first():
+        raise Conflict(f"user {username!r} exists")
+    user = User(username=username, password_hash=security.hash_password(password), is_admin=is_admin, ssh_keys=[])
+    db.add(user)
+    await db.flush()
+    # Everyone may use the default project, as in the seed's "Interactive Session" project.
+    default = await get_or_create_project(db, DEFAULT_PROJECT)
+    db.add(ProjectMember(project_id=default.id, user_id=user.id, role=Role.member.value))
+    return user
+
+
+async def bootstrap(db: AsyncSession, admin_password: str | None) -> str | None:
+    """First start: the default project and user 'admin'. Returns a generated password to print once."""
+    await get_or_create_project(db, DEFAULT_PROJECT)
+    if (await db.execute(select(User.id).limit(1))).first():
+        return None
+    generated = None
+    if not admin_password:
+        admin_password = generated = security.new_password()
+    await create_user(db, "admin", admin_password, is_admin=True)
+    return generated
+
+
+async def get_or_create_project(db: AsyncSession, name: str) -> Project:
+    project = (await db.execute(select(Project).where(Project.name == name))).scalar_one_or_none()
+    if project is None:
+        project = Project(name=name)
+        db.add(project)
+        await db.flush()
+    return project
+
+
+async def role_in(db: AsyncSession, user: User, project_id: int) -> Role | None:
+    if user.is_admin:
+        return Role.admin
+    row = (await db.execute(select(ProjectMember.role).where(
+        ProjectMember.project_id == project_id, ProjectMember.user_id == user.id))).scalar_one_or_none()
+    return Role(row) if row else None
+
+
+async def require_role(db: AsyncSession, user: User, project: Project, needed: Role) -> Role:
+    role = await role_in(db, user, project.id)
+    if role is None or role.rank < needed.rank:
+        raise Forbidden(f"you need the {needed.value} role in project {project.name!r}",
+                        log_message=f"user {user.username} denied {needed.value} on project {project.name}")
+    return role
+
+
+async def project_for_launch(db: AsyncSession, user: User, name: str) -> Project:
+    """A new project name creates the project with the launcher as its admin."""
+    project = (await db.execute(select(Project).where(Project.name == name))).scalar_one_or_none()
+    if project is None:
+        project = await get_or_create_project(db, name)
+        db.add(ProjectMember(project_id=project.id, user_id=user.id, role=Role.admin.value))
+        await db.flush()
+        return project
+    await require_role(db, user, project, Role.member)
+    return project
+
+
+async def set_member(db: AsyncSession, actor: User, project_name: str, username: str, role: Role | None) -> None:
+    project = (await db.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
+    if project is None:
+        raise NotFound(f"no project {project_name!r}")
+    await require_role(db, actor, project, Role.admin)
+    target = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    if target is None:
+        raise NotFound(f"no user {username!r}")
+    row = (await db.execute(select(ProjectMember).where(
+        ProjectMember.project_id == project.id, ProjectMember.user_id == target.id))).scalar_one_or_none()
+    if role is None:
+        if row:
+            await db.delete(row)
+    elif row:
+        row.role = role.value
+    else:
+        db.add(ProjectMember(project_id=project.id, user_id=target.id, role=role.value))
+
+
+async def visible_project_ids(db: AsyncSession, user: User) -> list[int] | None:
+    """Projects the user can read; None means all (admin)."""
+    if user.is_admin:
+        return None
+    rows = await db.execute(select(ProjectMember.project_id).where(ProjectMember.user_id == user.id))
+    return [r[0] for r in rows]

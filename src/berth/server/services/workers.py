@@ -1,0 +1,101 @@
+"""Workers: registration, heartbeats, claiming sessions from queues, and noticing lost workers."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth.errors import NotFound
+from berth.schemas import Assignment, LaunchSecrets, SessionStatus, WorkerRegister, WorkerStatus
+from berth.server.db.models import Queue, Session, User, Worker, utcnow
+
+from . import security
+from .sessions import add_event
+
+log = logging.getLogger("berth.server")
+
+
+async def register(db: AsyncSession, info: WorkerRegister) -> tuple[Worker, str]:
+    """Register (or re-register after a restart, keeping the identity so running sessions stay attached)."""
+    token = security.new_token("worker")
+    worker = await db.get(Worker, info.worker_id) if info.worker_id else None
+    if worker is None:
+        worker = Worker(id=info.worker_id or security.new_id())
+        db.add(worker)
+    worker.name, worker.hostname, worker.queues = info.name, info.hostname, sorted(set(info.queues))
+    worker.cpus, worker.memory_bytes, worker.gpus = info.cpus, info.memory_bytes, info.gpus
+    worker.run_as, worker.is_root = info.run_as, info.is_root
+    worker.token_hash = security.hash_token(token)
+    worker.status = WorkerStatus.online.value
+    worker.last_heartbeat = utcnow()
+    for name in worker.queues:  # an agent's queues exist from the moment it serves them
+        if not (await db.execute(select(Queue.id).where(Queue.name == name))).first():
+            db.add(Queue(name=name))
+    await db.flush()
+    return worker, token
+
+
+async def heartbeat(db: AsyncSession, worker: Worker) -> list[str]:
+    """Record a heartbeat; return the ids of the sessions this worker should be running."""
+    worker.last_heartbeat = utcnow()
+    if worker.status != WorkerStatus.online.value:
+        worker.status = WorkerStatus.online.value
+    running = [s.value for s in SessionStatus if s.is_running]
+    rows = await db.execute(select(Session.id).where(Session.worker_id == worker.id, Session.status.in_(running)))
+    return [r[0] for r in rows]
+
+
+async def queue_ids(db: AsyncSession, worker: Worker) -> list[int]:
+    rows = await db.execute(select(Queue.id).where(Queue.name.in_(worker.queues or [])))
+    return [r[0] for r in rows]
+
+
+async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
+    """Atomically take the oldest queued session of the worker's queues (compare-and-set on status)."""
+    qids = await queue_ids(db, worker)
+    if not qids:
+        return None
+    candidates = await db.execute(select(Session.id).where(Session.status == SessionStatus.queued.value, Session.queue_id.in_(qids))
+                                  .order_by(Session.created_at).limit(5))
+    for (sid,) in candidates:
+        token = security.new_token("session")
+        result = await db.execute(update(Session).where(Session.id == sid, Session.status == SessionStatus.queued.value).values(
+            status=SessionStatus.starting.value, worker_id=worker.id, session_token_hash=security.hash_token(token),
+            updated_at=utcnow()))
+        if result.rowcount != 1:
+            continue  # another worker won
+        row = await db.get(Session, sid)
+        await db.refresh(row)
+        owner = await db.get(User, row.owner_id)
+        await add_event(db, sid, f"status: starting on worker {worker.name!r}")
+        return Assignment(session_id=sid, session_token=token, app=row.app, config=row.config,
+                          secrets=LaunchSecrets.model_validate(row.secrets or {}), owner=owner.username,
+                          owner_ssh_keys=list(owner.ssh_keys or []), restored_from=row.restored_from)
+    return None
+
+
+async def get_worker(db: AsyncSession, worker_id: str) -> Worker:
+    worker = await db.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    return worker
+
+
+async def reap_lost(db: AsyncSession, timeout_s: float, not_before: datetime) -> list[str]:
+    """Mark workers without a recent heartbeat lost and fail their sessions. Idempotent across replicas."""
+    from .sessions import fail_sessions_of_worker
+
+    now = utcnow()
+    if now - not_before < timedelta(seconds=timeout_s):
+        return []  # this replica just started: give agents one timeout to reconnect
+    cutoff = now - timedelta(seconds=timeout_s)
+    rows = await db.execute(select(Worker).where(Worker.status == WorkerStatus.online.value, Worker.last_heartbeat < cutoff))
+    failed: list[str] = []
+    for worker in rows.scalars():
+        worker.status = WorkerStatus.lost.value
+        log.warning("worker %s lost (last heartbeat %s)", worker.name, worker.last_heartbeat)
+        failed += await fail_sessions_of_worker(db, worker, f"worker {worker.name!r} lost: no heartbeat for {timeout_s:.0f} s")
+    return failed

@@ -1,0 +1,60 @@
+"""One pydantic-settings model per component; every field reads ``BERTH_<FIELD>`` from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("BERTH_HOME", "~/.berth")).expanduser()
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Directory for the embedded database and the snapshot store.")
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int = Field(8470, description="Port the server listens on.")
+    public_url: str | None = Field(None, description="URL users and agents reach the server at; defaults to http://HOST:PORT.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under data_dir when unset, e.g. postgresql+psycopg://user:pw@host/db.")
+    admin_password: str | None = Field(None, description="Password for the bootstrap user 'admin' on first start; generated and printed once when unset.")
+    agent_token: str | None = Field(None, description="Agent registration token accepted besides admin tokens (berth up sets one for its local agent).")
+    heartbeat_timeout_s: float = Field(30.0, description="A worker with no heartbeat for this long is marked lost and its sessions failed.")
+    reaper_interval_s: float = Field(5.0, description="How often the server looks for lost workers.")
+    long_poll_s: float = Field(25.0, description="Longest time a long-poll request (claim, logs --follow, stop watch) is held open.")
+    poll_interval_s: float = Field(0.25, description="How often a held long-poll re-reads the database (so replicas see each other's writes).")
+    token_days: float = Field(30.0, description="Lifetime in days of API tokens created by login.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'berth.db'}"
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTH_AGENT_", extra="ignore")
+
+    server: str = Field("http://127.0.0.1:8470", description="URL of the berth server.")
+    token: str | None = Field(None, description="Agent registration token (or an admin API token) used once to register.")
+    queues: list[str] = Field(default_factory=lambda: ["default"], description="Queues this agent takes sessions from.")
+    name: str | None = Field(None, description="Worker name; the hostname when unset.")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir() / "agent", description="Agent state: identity, per-session run directories.")
+    homes_dir: Path = Field(Path("/var/lib/berth/homes"), description="Where per-session home directories live when the agent runs as root (must be traversable by session users).")
+    backend: str = Field("process", description="Session backend: process or container.")
+    advertise_host: str | None = Field(None, description="Host name users connect to for SSH; the address used to reach the server when unset.")
+    bind_host: str = Field("0.0.0.0", description="Address per-session SSH servers listen on.")
+    heartbeat_s: float = Field(5.0, description="Seconds between heartbeats.")
+    python: str = Field("/usr/bin/python3", description="Python used for session virtual environments (must be readable by session users).")
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    server: str | None = Field(None, description="Server URL; overrides the one saved by `berth login`.")
+    token: str | None = Field(None, description="API token; overrides the one saved by `berth login`.")
+    config_dir: Path = Field(default_factory=lambda: Path("~/.config/berth").expanduser(), description="Where `berth login` saves credentials.")
+    timeout_s: float = Field(30.0, description="HTTP timeout for ordinary requests.")

@@ -1,0 +1,190 @@
+"""The SSH Session app end to end: real server, real agent, real sshd/dropbear, real clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import asyncssh
+import pytest
+
+from conftest import session_processes
+
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
+
+
+def openssh(view: dict, command: str, tty: bool = False) -> subprocess.CompletedProcess:
+    ssh = view["ssh"]
+    argv = ["sshpass", "-p", ssh["password"], "ssh", *SSH_OPTS, *(["-tt"] if tty else []), "-p", str(ssh["port"]),
+            f"{ssh['user']}@{ssh['host']}", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def launch(stack, *args: str) -> dict:
+    return stack.cli_json("launch", "ssh-session", "--wait", *args)
+
+
+@pytest.fixture(scope="module")
+def active(stack):
+    view = launch(stack, "--name", "main", "--tags", "a,b", "--workspace", "~/ws")
+    yield view
+    stack.cli("sessions", "stop", view["id"], check=False)
+
+
+def test_launch_json_has_the_public_fields(active):
+    for key in ("id", "app", "name", "project", "tags", "queue", "status", "idle_seconds", "restored_from", "worker", "error",
+                "config", "ssh", "links"):
+        assert key in active
+    assert active["status"] == "active"
+    assert active["app"] == "ssh-session"
+    assert active["project"] == "Interactive Session"
+    assert active["tags"] == ["a", "b"]
+    ssh = active["ssh"]
+    assert set(ssh) >= {"host", "port", "user", "password", "command"}
+    assert ssh["command"] == f"ssh -p {ssh['port']} {ssh['user']}@{ssh['host']}"
+    assert len(ssh["password"]) >= 22  # >= 128 bits of randomness
+    assert ssh["host_key_fingerprint"].startswith("SHA256:")
+
+
+def test_show_matches_launch(stack, active):
+    shown = stack.cli_json("sessions", "show", active["id"])
+    assert shown["ssh"] == active["ssh"]
+    assert shown["id"] == active["id"]
+
+
+def test_openssh_login_lands_in_workspace_with_venv(active):
+    result = openssh(active, "pwd; which python; echo $BERTH_SESSION_ID; id -un")
+    assert result.returncode == 0, result.stderr
+    pwd_, python, sid, user = result.stdout.split()
+    assert pwd_.endswith(f"/{active['id']}/ws")
+    assert python.endswith("/.venv/bin/python")
+    assert sid == active["id"]
+    assert user == active["ssh"]["user"]
+
+
+def test_openssh_pty_login_shell(active):
+    result = openssh(active, "tty; pwd", tty=True)
+    assert "/dev/pts/" in result.stdout
+    assert f"/{active['id']}/ws" in result.stdout
+
+
+async def test_asyncssh_client_login_and_host_key_pin(active):
+    ssh = active["ssh"]
+    async with asyncssh.connect(ssh["host"], port=ssh["port"], username=ssh["user"], password=ssh["password"],
+                                known_hosts=None) as conn:
+        assert conn.get_server_host_key().export_public_key().decode().split()[1] == ssh["host_key"].split()[1]
+        result = await conn.run("cd /; pwd; python -c 'import sys; print(sys.prefix)'", check=True)
+        assert result.stdout.split()[1].endswith("/.venv")
+
+
+async def test_asyncssh_interactive_shell(active):
+    ssh = active["ssh"]
+    async with asyncssh.connect(ssh["host"], port=ssh["port"], username=ssh["user"], password=ssh["password"],
+                                known_hosts=None) as conn:
+        async with conn.create_process(term_type="xterm", term_size=(120, 40)) as proc:
+            proc.stdin.write("echo marker-$((6*7)); pwd; exit\n")
+            output = await proc.stdout.read()
+    assert "marker-42" in output
+    assert "/ws" in output
+
+
+def test_berth_ssh_runs_command_with_pinned_host_key(stack, active):
+    result = stack.cli("ssh", active["id"], "--", "echo", "hello-from-berth-ssh")
+    assert result.stdout.strip() == "hello-from-berth-ssh"
+
+
+def test_wrong_ssh_password_is_refused(active):
+    view = dict(active, ssh=dict(active["ssh"], password="not-the-password"))
+    assert openssh(view, "true").returncode != 0
+
+
+def test_console_tells_the_setup_story_in_order(stack, active):
+    events = stack.events(active["id"])
+    statuses = [e for e in events if e.startswith("status:")]
+    assert statuses[:3] == [statuses[0], statuses[1], "status: active"]
+    assert statuses[0].startswith("status: queued") and statuses[1].startswith("status: starting")
+    assert events.index("status: active") > max(i for i, e in enumerate(events) if e.startswith("ssh: ready"))
+    assert not any(active["ssh"]["password"] in e for e in events)
+    logs = stack.cli("sessions", "logs", active["id"]).stdout
+    assert "ssh: ready" in logs and active["ssh"]["password"] not in logs
+
+
+def test_list_shows_the_session(stack, active):
+    listed = stack.cli_json("sessions", "list")
+    assert active["id"] in [s["id"] for s in listed]
+
+
+def test_dropbear_session(stack):
+    view = launch(stack, "--dropbear")
+    try:
+        assert view["ssh"]["server"] == "dropbear"
+        result = openssh(view, "pwd; which python")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[0].endswith("/workspace")
+        assert openssh(view, "tty", tty=True).stdout.strip().startswith("/dev/pts/")
+    finally:
+        stack.cli("sessions", "stop", view["id"])
+
+
+def test_stop_leaves_nothing_running_and_keeps_workspace(stack):
+    view = launch(stack)
+    sid = view["id"]
+    # Leave something running in the background, detached from the login, as users do.
+    assert openssh(view, "echo kept > note.txt; (setsid sleep 300 >/dev/null 2>&1 &); nohup sleep 301 >/dev/null 2>&1 &").returncode == 0
+    assert session_processes(sid), "the session's processes should be visible before stop"
+    stopped = stack.cli_json("sessions", "stop", sid)
+    assert stopped["status"] == "stopped"
+    assert stopped["ssh"] is None
+    deadline = time.monotonic() + 5
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session_processes(sid) == []
+    assert subprocess.run(["id", f"berth-{sid}"], capture_output=True).returncode != 0, "per-session user removed"
+    homes = [e for e in stack.events(sid) if e.startswith("setup: session user")][0]
+    home = homes.split("home ")[1]
+    with open(f"{home}/workspace/note.txt") as f:
+        assert f.read() == "kept\n"
+    assert openssh(view, "true").returncode != 0
+
+
+def test_logs_follow_streams_until_the_session_ends(stack):
+    view = launch(stack)
+    follower = subprocess.Popen([*stack.cli_cmd("sessions", "logs", view["id"], "--follow")], env=stack.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    stack.cli("sessions", "stop", view["id"])
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert "status: stopping" in out and "status: stopped" in out
+
+
+def test_export_import_round_trip_and_clone(stack, tmp_path):
+    view = launch(stack, "--name", "exp", "--tags", "x", "--max-idle-hours", "0.5", "--idle-cpu", "20", "--packages", "")
+    try:
+        exported = json.loads(stack.cli("sessions", "export", view["id"]).stdout)
+        assert exported["berth_config"] == 1 and exported["app"] == "ssh-session"
+        assert exported["config"]["max_idle_hours"] == 0.5 and exported["config"]["idle_cpu"] == 20
+        path = tmp_path / "cfg.json"
+        path.write_text(json.dumps(exported))
+        second = stack.cli_json("launch", "ssh-session", "--config", str(path))
+        assert second["config"] == exported["config"]
+        again = json.loads(stack.cli("sessions", "export", second["id"]).stdout)
+        assert again == exported
+        stack.cli("sessions", "stop", second["id"])
+        clone = stack.cli_json("sessions", "clone", view["id"], "--name", "copy")
+        assert clone["config"]["restore_session"] == view["id"]
+        assert clone["name"] == "copy"
+        assert {k: v for k, v in clone["config"].items() if k not in ("restore_session", "name")} == \
+               {k: v for k, v in exported["config"].items() if k not in ("restore_session", "name")}
+        stack.cli("sessions", "stop", clone["id"])
+    finally:
+        stack.cli("sessions", "stop", view["id"])
+
+
+def test_flags_override_config_file(stack, tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"berth_config": 1, "app": "ssh-session", "config": {"name": "from-file", "idle_cpu": 5}}))
+    view = stack.cli_json("launch", "ssh-session", "--config", str(path), "--name", "from-flag")
+    stack.cli("sessions", "stop", view["id"])
+    assert view["name"] == "from-flag" and view["config"]["idle_cpu"] == 5
