@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -73,6 +74,7 @@ class Stack:
         self.server: subprocess.Popen | None = None
         self.agents: list[subprocess.Popen] = []
         self.token: str | None = None
+        self.cleanup: list[Path] = []
 
     # --- processes ---------------------------------------------------------------------------
     def start_server(self) -> None:
@@ -87,6 +89,9 @@ class Stack:
 
     def start_agent(self, *, queue: str = "default", name: str = "agent", user: str | None = None,
                     data_dir: Path | None = None) -> subprocess.Popen:
+        if data_dir is None and user:  # another user cannot reach pytest's private temp dirs
+            data_dir = Path(tempfile.mkdtemp(prefix=f"berth-agent-{name}-", dir="/var/tmp"))
+            self.cleanup.append(data_dir)
         data_dir = data_dir or self.tmp / f"agent-{name}"
         env = dict(os.environ, BERTH_AGENT_TOKEN=self.agent_token, BERTH_AGENT_HEARTBEAT_S="1")
         cmd = [BERTH, "agent", "--server", self.url, "--queue", queue, "--data-dir", str(data_dir), "--name", name]
@@ -128,12 +133,15 @@ class Stack:
             kill_tree(proc)
         if self.server:
             kill_tree(self.server)
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
     # --- helpers -------------------------------------------------------------------------------
     def env(self, **extra) -> dict:
-        env = dict(os.environ, HOME=str(self.home), BERTH_HOME=str(self.home / ".berth"), **extra)
+        env = dict(os.environ, HOME=str(self.home), BERTH_HOME=str(self.home / ".berth"))
         env.pop("BERTH_SERVER", None)
         env.pop("BERTH_TOKEN", None)
+        env.update(extra)
         return env
 
     def cli_cmd(self, *args: str) -> list[str]:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +26,8 @@ import psutil
 import pytest
 
 from berth.agent import environment as envm
-from berth.agent.environment import RunAs, SetupFailed
+from berth.agent.environment import RunAs
+from berth.errors import SetupFailed
 
 pytestmark = pytest.mark.integration
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates system users)")
@@ -143,6 +145,8 @@ async def test_remove_session_user_refuses_other_users():
     for name in ("root", "nobody"):
         with pytest.raises(SetupFailed, match="not a berth session user"):
             await envm.remove_session_user(name)
+        with pytest.raises(SetupFailed, match="not a berth session user"):  # nor re-password it
+            await envm.create_session_user(name, Path("/nonexistent"), "pw")
 
 
 # --------------------------------------------------------------------------------------- venv/pip
@@ -188,6 +192,21 @@ async def test_install_packages_failure_carries_installer_reason(user):
     msg = err.value.message
     assert msg.startswith("package installation failed") and "berth-no-such-package-xyz" in msg
     assert "not found" in msg and len(msg.splitlines()) <= 16
+
+
+async def test_install_packages_pip_fallback(user, monkeypatch):
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+        pytest.skip("no pip next to the agent's python")
+    monkeypatch.setattr(envm, "_find_uv", lambda: None)
+    venv = user.home / ".venv"
+    await envm.create_venv("/usr/bin/python3", venv, user)
+    lines: list[str] = []
+    await envm.install_packages(venv, ["tomli"], user, lines.append)
+    assert lines[0] == "installing with pip: tomli"
+    out = as_user(user, [str(venv / "bin/python"), "-c", "import tomli; print(tomli.__file__)"])
+    assert out.returncode == 0 and out.stdout.startswith(str(venv)), out.stderr
+    with pytest.raises(SetupFailed, match="berth-no-such-package-xyz"):
+        await envm.install_packages(venv, ["berth-no-such-package-xyz==9.9"], user, lines.append)
 
 
 # -------------------------------------------------------------------------------------------- git

@@ -67,7 +67,10 @@ def system_user(base_dir):
         uid = pwd.getpwnam(name).pw_uid
         for p in psutil.process_iter(["uids"]):  # nothing of the user may outlive the test
             if p.info["uids"] and p.info["uids"].real == uid:
-                p.kill()
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
         subprocess.run(["userdel", name], capture_output=True)
 
 
@@ -85,10 +88,15 @@ async def sh(*argv: str, timeout: float = 15) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-def connect(srv: SshServer, user: str, **kw) -> asyncssh.connection._ConnectionContextManager:
+def connect(srv: SshServer, user: str, **kw):
     kw.setdefault("known_hosts", ([asyncssh.import_public_key(srv.host_key)], [], []))  # pins the key
     kw.setdefault("client_keys", None)
     return asyncssh.connect("127.0.0.1", srv.port, username=user, agent_path=None, **kw)
+
+
+async def conn_run(srv: SshServer, user: str, password: str, command: str) -> asyncssh.SSHCompletedProcess:
+    async with connect(srv, user, password=password) as conn:
+        return await asyncio.wait_for(conn.run(command), 10)
 
 
 def port_open(port: int) -> bool:
@@ -160,16 +168,19 @@ async def test_system_servers(kind, base_dir, system_user, client_key):
             async with connect(srv, pw.pw_name, password="wrong"):
                 pass
 
-        # an open session: its processes must die with the server
+        # a daemon that left its session (setsid) and whose session ended; and an open session
+        r = await conn_run(srv, pw.pw_name, password, "setsid nohup sleep 65 >/dev/null 2>&1 < /dev/null & echo $!")
+        assert r.exit_status == 0
         conn = await connect(srv, pw.pw_name, password=password)
         proc = await conn.create_process("sleep 60 & sleep 61")
         for _ in range(100):
             children = srv.children()
-            if any(c.cmdline() == ["sleep", "61"] for c in children if not gone(c.pid)):
+            cmds = [c.cmdline() for c in children if not gone(c.pid)]
+            if ["sleep", "61"] in cmds and ["sleep", "65"] in cmds:
                 break
             await asyncio.sleep(0.05)
         else:
-            pytest.fail("session processes not seen")
+            pytest.fail(f"session processes not seen: {cmds}")
         child_pids = [c.pid for c in children]
     finally:
         await srv.stop()
@@ -293,18 +304,24 @@ async def test_builtin_openssh_client(builtin):
 async def test_builtin_stop_kills_sessions(builtin):
     srv, spec = builtin
     conn = await connect(srv, spec.user, password=spec.password)
-    marker = secrets.token_hex(6)
-    proc = await conn.create_process(f"sleep 60 & sleep 61; echo {marker}")
+    t0 = time.perf_counter()
+    r = await conn.run("sleep 617 & echo started")  # the job keeps stdout open; the session still ends
+    assert (r.stdout, r.exit_status) == ("started\n", 0) and time.perf_counter() - t0 < 3
+    proc = await conn.create_process("sleep 611 & sleep 612")
     pty = await conn.create_process(term_type="xterm")
-    pty.stdin.write(f"sleep 62 # {marker}\n")
+    pty.stdin.write("sleep 613\n")
 
-    mine = []
+    def sleepers():
+        return [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] in (["sleep", "611"], ["sleep", "612"], ["sleep", "613"], ["sleep", "617"])
+                and not gone(p.pid)]
+
     for _ in range(100):
-        mine = [p for p in psutil.Process().children(recursive=True) if p.name() == "sleep" and not gone(p.pid)]
-        if len(mine) >= 3:
+        mine = sleepers()
+        if len(mine) >= 4:
             break
         await asyncio.sleep(0.05)
-    assert len(mine) >= 3
+    assert len(mine) >= 4
     await srv.stop()
     assert all(gone(p.pid) for p in mine)
     await asyncio.wait_for(proc.wait_closed(), 5)
@@ -312,12 +329,15 @@ async def test_builtin_stop_kills_sessions(builtin):
     conn.close()
 
 
-async def test_builtin_client_disconnect_hangs_up_child(builtin):
+@pytest.mark.parametrize("pty", [False, True])
+async def test_builtin_client_disconnect_hangs_up_child(builtin, pty):
     srv, spec = builtin
+    flag = spec.home / f"hup-{pty}"
     conn = await connect(srv, spec.user, password=spec.password)
-    await conn.create_process("sleep 63")
+    await conn.create_process(f"trap 'echo hup > {flag}; exit 0' HUP; sleep 618 & wait",
+                              term_type="xterm" if pty else None)
     for _ in range(100):
-        mine = [p for p in psutil.Process().children(recursive=True) if p.name() == "sleep"]
+        mine = [p for p in psutil.Process().children(recursive=True) if p.cmdline() == ["sleep", "618"]]
         if mine:
             break
         await asyncio.sleep(0.05)
@@ -325,7 +345,8 @@ async def test_builtin_client_disconnect_hangs_up_child(builtin):
     conn.close()
     await conn.wait_closed()
     for _ in range(100):
-        if all(gone(p.pid) for p in mine):
+        if flag.exists() and all(gone(p.pid) for p in mine):
             break
         await asyncio.sleep(0.05)
+    assert flag.read_text() == "hup\n"  # the shell got SIGHUP, as from sshd
     assert all(gone(p.pid) for p in mine)

@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from berth.agent import environment as envm
-from berth.agent.environment import RunAs, SetupFailed
+from berth.agent.environment import RunAs
+from berth.errors import SetupFailed
 
 
 @pytest.fixture
@@ -73,7 +74,8 @@ def test_pip_index_options_from_env_and_uv_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
     opts = envm.pip_index_options()
     assert opts[:2] == ["--index-url", "https://conf.example/simple"]
-    assert opts[2:] == ["--extra-index-url", "https://a/", "--extra-index-url", "https://b/"]
+    assert opts[2:] == ["--extra-index-url", "https://a/", "--extra-index-url", "https://b/",
+                        "--index-strategy", "unsafe-best-match"]  # several indexes: pip's best-match rule
     monkeypatch.setenv("PIP_INDEX_URL", "https://env.example/simple")
     assert envm.pip_index_options()[:2] == ["--index-url", "https://env.example/simple"]
     monkeypatch.setenv("UV_INDEX_URL", "https://uv.example/simple")
@@ -102,7 +104,10 @@ def test_git_command_keeps_secrets_out_of_argv(tmp_path, me):
     assert key.read_text() == "-----KEY-----\n" and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert env["GIT_SSH_COMMAND"] == (f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -i {key} "
                                       "-o IdentitiesOnly=yes")
-    ask = lambda prompt: subprocess.run([str(askpass), prompt], env=env, capture_output=True, text=True).stdout
+
+    def ask(prompt: str) -> str:
+        return subprocess.run([str(askpass), prompt], env=env, capture_output=True, text=True).stdout
+
     assert ask("Username for 'https://host': ") == "oauth2\n"
     assert ask("Password for 'https://oauth2@host': ") == "tok-SECRET-1\n"
 

@@ -19,13 +19,12 @@ import shutil
 import signal
 import struct
 import termios
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import asyncssh
 import psutil
 
-from berth.agent.ssh import SshServer, kill_tree, session_members
+from berth.agent.ssh import SshServer, kill_tree
 from berth.errors import SetupFailed
 
 if TYPE_CHECKING:
@@ -86,6 +85,41 @@ async def _write_fd(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
         except BlockingIOError:
             await _fd_ready(fd, write=True)
+
+
+def _getsid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def session_members(sids: set[int]) -> list[psutil.Process]:
+    """Live processes in any of these sessions: catches orphans that were reparented away from us
+    but kept their login session. Never our own session."""
+    sids = set(sids) - {os.getsid(0)}
+    out = []
+    for pid in psutil.pids() if sids else []:
+        if pid != os.getpid() and _getsid(pid) in sids:
+            try:
+                out.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
+    return out
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Resolves ``exited`` with the status as soon as the child exits, whatever its pipes do."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[int] = loop.create_future()
+
+    def process_exited(self) -> None:
+        status = self._transport.get_returncode()  # before super(), which may drop the transport
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(status)
 
 
 class _HomeSFTPServer(asyncssh.SFTPServer):
@@ -251,39 +285,39 @@ class BuiltinSshd:
         except Exception:
             pass
 
-    async def _supervise(self, proc: asyncio.subprocess.Process, process: asyncssh.SSHServerProcess,
-                         outputs: list[asyncio.Task], on_hangup: Callable[[], None]) -> int | None:
+    async def _supervise(self, pid: int, exited: Awaitable[int], process: asyncssh.SSHServerProcess,
+                         outputs: list[asyncio.Task], on_hangup: Callable[[], Awaitable[None]]) -> int | None:
         """Wait for the child or the client, whichever goes first; the child's status, or None."""
-        self.children.add(proc.pid)
-        self.sids.add(proc.pid)
-        waiter = asyncio.ensure_future(proc.wait())
+        self.children.add(pid)
+        self.sids.add(pid)
+        waiter = asyncio.ensure_future(exited)
         closed = asyncio.ensure_future(process.channel.wait_closed())
         try:
             await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.done():  # client disconnected: hang up like sshd would, then insist
-                on_hangup()
-                _signal_group(proc.pid, "HUP")
+                await on_hangup()
+                _signal_group(pid, "HUP")
                 try:
                     await asyncio.wait_for(asyncio.shield(waiter), HANGUP_GRACE)
                 except asyncio.TimeoutError:
-                    _signal_group(proc.pid, "KILL")
+                    _signal_group(pid, "KILL")
                     await waiter
                 return None
             # forward what is left; background jobs holding the output open get a short grace
             await asyncio.wait(outputs, timeout=DRAIN_GRACE)
-            return proc.returncode
+            return waiter.result()
         finally:
-            self.children.discard(proc.pid)
+            self.children.discard(pid)
             closed.cancel()
             for t in outputs:
                 t.cancel()
 
     async def _run_pipes(self, process: asyncssh.SSHServerProcess, env: dict[str, str]) -> int | None:
         loop = asyncio.get_running_loop()
-        # what create_subprocess_exec does, keeping the transport: closing it lets go of pipes that
-        # background jobs still hold once the session is over
+        # what create_subprocess_exec does, but with our own protocol: Process.wait() also waits for
+        # the pipes to close, which background jobs can hold open long after the child exited
         transport, protocol = await loop.subprocess_exec(
-            lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=2**16, loop=loop),
+            lambda: _ExitProtocol(loop),
             str(self.spec.shell_wrapper), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=str(self.spec.home), start_new_session=True,
         )
@@ -314,10 +348,10 @@ class BuiltinSshd:
         outputs = [asyncio.ensure_future(_quietly(pump_out(proc.stdout, process.stdout))),
                    asyncio.ensure_future(_quietly(pump_out(proc.stderr, process.stderr)))]
         try:
-            return await self._supervise(proc, process, outputs, lambda: None)
+            return await self._supervise(proc.pid, protocol.exited, process, outputs, lambda: asyncio.sleep(0))
         finally:
             inp.cancel()
-            transport.close()
+            transport.close()  # lets go of pipes background jobs still hold
 
     async def _run_pty(self, process: asyncssh.SSHServerProcess, env: dict[str, str]) -> int | None:
         master, slave = os.openpty()
@@ -337,15 +371,20 @@ class BuiltinSshd:
         finally:
             os.close(slave)  # only the child holds the slave: EIO on master means it is gone
         os.set_blocking(master, False)
-        state = {"open": True}
+        closed = False
 
-        def hangup() -> None:
-            if state["open"]:
-                state["open"] = False
-                os.close(master)  # the kernel then sends SIGHUP to the session
+        async def hangup() -> None:
+            nonlocal closed
+            if not closed:
+                # the pumps go first: master's fd number may be reused as soon as it is closed
+                inp.cancel()
+                out.cancel()
+                await asyncio.gather(inp, out, return_exceptions=True)
+                closed = True
+                os.close(master)  # the kernel then hangs up the terminal: SIGHUP to the session
 
         async def pump_out() -> None:
-            while state["open"]:
+            while True:
                 try:
                     data = os.read(master, 65536)
                 except BlockingIOError:
@@ -375,11 +414,9 @@ class BuiltinSshd:
         inp = asyncio.ensure_future(_quietly(pump_in()))
         out = asyncio.ensure_future(_quietly(pump_out()))
         try:
-            return await self._supervise(proc, process, [out], hangup)
+            return await self._supervise(proc.pid, proc.wait(), process, [out], hangup)
         finally:
-            inp.cancel()
-            await asyncio.gather(inp, out, return_exceptions=True)  # nobody may touch master after close
-            hangup()
+            await asyncio.shield(hangup())
 
 
 async def start_builtin(spec: SshServerSpec, log: Callable[[str], None]) -> SshServer:

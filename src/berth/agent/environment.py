@@ -65,8 +65,7 @@ class RunAs:
         return cls(user, uid, os.getgid(), Path(home))
 
     @property
-    def is_other(self) -> bool:
-        """True when acting for this user means switching to it (we are root, it is not us)."""
+    def is_other(self) -> bool:  # acting for this user means switching to it (we are root, it is not us)
         return self.uid != os.geteuid()
 
 
@@ -220,6 +219,8 @@ async def create_session_user(name: str, home: Path, password: str) -> RunAs:
         entry = pwd.getpwnam(name)
     except KeyError:
         entry = None
+    if entry is not None and entry.pw_gecos != "berth session":  # never take over (and re-password) a real user
+        raise SetupFailed(f"user {name} already exists and is not a berth session user")
     if entry is None:
         status, tail = await _admin(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash",
                                      "--user-group", "--no-log-init", "--comment", "berth session", name])
@@ -318,16 +319,17 @@ def pip_index_options() -> list[str]:
                 value = cfg.get(section, key)
         for v in (value or "").split():
             opts += [f"--{key}", v]
+    if opts.count("--extra-index-url") + opts.count("--index-url") > 1:
+        opts += ["--index-strategy", "unsafe-best-match"]  # pip's rule: the best version across all indexes
     return opts
 
 
 def _find_uv() -> str | None:
-    try:
+    with contextlib.suppress(ImportError, FileNotFoundError):
         import uv
 
         return uv.find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
+    return shutil.which("uv")
 
 
 async def install_packages(venv: Path, requirements: list[str], run_as: RunAs, emit: Emit) -> None:
@@ -340,7 +342,7 @@ async def install_packages(venv: Path, requirements: list[str], run_as: RunAs, e
     if uv:
         config = pip_index_options()
         if "--index-url" in opts:  # the session's own index replaces the operator's default one
-            config = [x for k, v in zip(config[::2], config[1::2]) if k != "--index-url" for x in (k, v)]
+            config = [x for k, v in zip(config[::2], config[1::2], strict=True) if k != "--index-url" for x in (k, v)]
         opts = [x for o in opts for x in (("--prerelease", "allow") if o == "--pre" else (o,))]
         # copy, not hardlink: the chown below must not hand over the files of the agent's uv cache
         argv = [uv, "pip", "install", "--python", python, "--color", "never", "--link-mode", "copy", *config, *opts]
@@ -451,8 +453,8 @@ async def clone_git(repo: str, dest: Path, *, branch: str | None, commit: str | 
 
 async def run_init_script(script: str, *, cwd: Path, env: dict[str, str], run_as: RunAs, emit: Emit,
                           scratch: Path) -> None:
-    """Run the user's script with bash as run_as, streaming its output lines. The script is run as
-    written ('#' at line start is a bash comment already). Background jobs should redirect output."""
+    """Run the user's script with bash as run_as, streaming its output lines (a background job's lines
+    keep coming after it returns). The script runs as written: '#' at line start is a bash comment."""
     with _private_dir(scratch, run_as) as private:
         path = private / "init.sh"
         _write_private(path, script, 0o600, run_as)

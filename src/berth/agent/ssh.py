@@ -46,7 +46,6 @@ MOUNTS = "/proc/self/mounts"
 PTMX = "/dev/ptmx"
 LOG_NAME = "ssh-server.log"
 START_TIMEOUT = 10.0
-TRACK_INTERVAL = 1.0  # how often descendants of sshd/dropbear are recorded, so orphans can be killed
 KILL_GRACE = 1.0
 
 
@@ -67,10 +66,6 @@ class SshServerSpec:
 
     def __repr__(self) -> str:  # never print the password
         return f"SshServerSpec(kind={self.kind!r}, user={self.user!r}, run_dir={str(self.run_dir)!r}, port={self.port!r})"
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
 
 
 def fingerprint(public_key_line: str) -> str:
@@ -96,11 +91,6 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _prepare_run_dir(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o700)  # keys live here
 
 
 def write_authorized_keys(home: Path, keys: list[str], uid: int | None, gid: int | None) -> Path:
@@ -154,10 +144,6 @@ def _pubkey_line(text: str, key_type: str) -> str:
         if len(parts) >= 2 and parts[0] == key_type:
             return f"{parts[0]} {parts[1]}"
     raise SetupFailed(f"could not read the {key_type} host key")
-
-
-# ---------------------------------------------------------------------------------------------
-# choosing a kind
 
 
 def _tty_gid() -> int | None:
@@ -215,39 +201,6 @@ def choose_kind(want_dropbear: bool, is_root: bool) -> tuple[SshKind, str]:
     if problem is None:
         return "dropbear", "using dropbear" + (" as requested" if want_dropbear else " (non-root agent)")
     return "builtin", f"{problem}; using the built-in SSH server"
-
-
-# ---------------------------------------------------------------------------------------------
-# the handle
-
-
-def _same(p: psutil.Process, created: float) -> bool:
-    # guards against pid reuse: a recorded pid only counts if it is still the same process
-    try:
-        return p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _getsid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
-
-
-def session_members(sids: set[int]) -> list[psutil.Process]:
-    """Live processes in any of these sessions: catches orphans that were reparented away from us
-    but kept their login session. Never our own session (sshd/dropbear run in it)."""
-    sids = set(sids) - {os.getsid(0)}
-    out = []
-    for pid in psutil.pids() if sids else []:
-        if pid != os.getpid() and _getsid(pid) in sids:
-            try:
-                out.append(psutil.Process(pid))
-            except psutil.Error:
-                pass
-    return out
 
 
 def _freeze(roots: list[psutil.Process]) -> list[psutil.Process]:
@@ -320,51 +273,18 @@ class SshServer:
         self.pids: list[int] = [proc.pid] if proc else []
         self._proc = proc
         self._builtin = builtin
-        self._seen: dict[int, float] = {}  # pid -> create_time of every descendant ever observed
-        self._sids: set[int] = set()  # their login sessions
-        self._tracker: asyncio.Task | None = None
         self._stopped = False
-        if proc is not None:
-            self._tracker = asyncio.get_running_loop().create_task(self._track_loop())
 
     def __repr__(self) -> str:
         return f"SshServer(kind={self.kind!r}, port={self.port}, pids={self.pids})"
 
-    def _track(self) -> None:
-        # sshd's per-connection children call setsid(), so they escape our process group; and a
-        # user's double-forked daemons get reparented: recording them while visible lets stop() find them
-        for pid in self.pids:
-            try:
-                kids = psutil.Process(pid).children(recursive=True)
-            except psutil.Error:
-                continue
-            own = os.getsid(0)
-            for k in kids:
-                try:
-                    self._seen.setdefault(k.pid, k.create_time())
-                except psutil.Error:
-                    continue
-                sid = _getsid(k.pid)
-                if sid is not None and sid != own:
-                    self._sids.add(sid)
-
-    async def _track_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TRACK_INTERVAL)
-            self._track()
-
     def children(self) -> list[psutil.Process]:
-        """Every still-running process this server has started, as far as seen (for stop(), tests)."""
-        self._track()
-        out = {p.pid: p for p in session_members(self._sids)}
-        for pid, created in self._seen.items():
-            try:
-                p = psutil.Process(pid)
-            except psutil.Error:
-                continue
-            if _same(p, created):
-                out.setdefault(pid, p)
-        return list(out.values())
+        """Every live process the server started: connections, shells, their jobs. The server is
+        a child subreaper (see _spawn), so even daemonized orphans stay below it."""
+        try:
+            return psutil.Process(self.pids[0]).children(recursive=True) if self.pids else []
+        except psutil.Error:
+            return []
 
     def alive(self) -> bool:
         if self._stopped:
@@ -378,13 +298,11 @@ class SshServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._tracker is not None:
-            self._tracker.cancel()
         if self._builtin is not None:
             await self._builtin.close()
             return
         assert self._proc is not None
-        victims = self.children()  # includes orphans reparented away from the server
+        victims = self.children()
         try:
             victims.insert(0, psutil.Process(self._proc.pid))
         except psutil.Error:
@@ -394,10 +312,6 @@ class SshServer:
             await asyncio.wait_for(self._proc.wait(), 2.0)  # reap our direct child
         except asyncio.TimeoutError:
             pass
-
-
-# ---------------------------------------------------------------------------------------------
-# starting
 
 
 def _listening(pid: int, port: int) -> bool:
@@ -425,11 +339,29 @@ async def _wait_listening(proc: asyncio.subprocess.Process, name: str, port: int
         await asyncio.sleep(0.005)
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+_prctl: Any = None
+
+
+def _become_subreaper() -> None:
+    # runs in the forked child before exec (the setting survives exec): orphans of the server's
+    # descendants, like a user's daemonized jobs, are reparented to the server rather than to
+    # init, so stop() finds them all below it. Only a pre-resolved C call, nothing that locks.
+    if _prctl is not None:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 async def _spawn(argv: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    global _prctl
+    if _prctl is None:
+        import ctypes
+
+        _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # None off Linux: best effort
     with open(log_path, "ab") as log_file:
         # stays in our process group (start_new_session=False); stop() kills it explicitly
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=False
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=False, preexec_fn=_become_subreaper,
         )
 
 
@@ -491,25 +423,23 @@ async def _start_openssh(spec: SshServerSpec, port: int, log: Callable[[str], No
     return SshServer("openssh", port, host_key, proc=proc)
 
 
-def _ssh_string(b: bytes) -> bytes:
-    return struct.pack(">I", len(b)) + b
-
-
-def _ssh_mpint(n: int) -> bytes:
-    return _ssh_string(n.to_bytes((n.bit_length() + 8) // 8, "big") if n else b"")
-
-
 def _write_dropbear_rsa(path: Path) -> str:
     """Generate an RSA-2048 key straight into dropbear's format; its public key line.
 
     OpenSSL takes ~50-80 ms where dropbearkey takes 0.2-1 s, and rsa would dominate the start."""
     from cryptography.hazmat.primitives.asymmetric import rsa  # asyncssh's dependency
 
+    def string(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+
+    def mpint(n: int) -> bytes:  # SSH mpint: big-endian, a leading 0 byte keeps it positive
+        return string(n.to_bytes((n.bit_length() + 8) // 8, "big"))
+
     priv = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
-    pub = _ssh_string(b"ssh-rsa") + _ssh_mpint(priv.public_numbers.e) + _ssh_mpint(priv.public_numbers.n)
+    pub = string(b"ssh-rsa") + mpint(priv.public_numbers.e) + mpint(priv.public_numbers.n)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(pub + _ssh_mpint(priv.d) + _ssh_mpint(priv.p) + _ssh_mpint(priv.q))
+        f.write(pub + mpint(priv.d) + mpint(priv.p) + mpint(priv.q))
     return "ssh-rsa " + base64.b64encode(pub).decode()
 
 
@@ -540,10 +470,10 @@ async def _start_dropbear(spec: SshServerSpec, port: int, log: Callable[[str], N
     argv += ["-c", shlex.quote(str(spec.shell_wrapper)), "-P", str(spec.run_dir / "dropbear.pid"), "-K", "30"]
     if spec.user != "root":
         argv.append("-w")
-        try:  # dropbear has no AllowUsers; restricting to the user's own group is the closest
-            argv += ["-G", grp.getgrgid(pwd.getpwnam(spec.user).pw_gid).gr_name]
-        except KeyError:
-            pass
+    try:  # dropbear has no AllowUsers; restricting to the user's own group is the closest
+        argv += ["-G", grp.getgrgid(pwd.getpwnam(spec.user).pw_gid).gr_name]
+    except KeyError:
+        pass
     log_path = spec.run_dir / LOG_NAME
     proc = await _spawn(argv, log_path)
     await _guarded_wait(proc, "dropbear", spec, port, log_path)
@@ -565,7 +495,8 @@ async def start_ssh_server(spec: SshServerSpec, log: Callable[[str], None]) -> S
     """Write config and keys, start the server, wait until its port accepts TCP connections."""
     if not spec.shell_wrapper.is_absolute():
         raise SetupFailed(f"shell wrapper must be an absolute path: {spec.shell_wrapper}")
-    _prepare_run_dir(spec.run_dir)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(spec.run_dir, 0o700)  # keys live here
     write_authorized_keys(spec.home, spec.authorized_keys, spec.uid, spec.gid)
     if spec.kind == "builtin":
         from berth.agent.builtin_sshd import start_builtin  # imports asyncssh only when needed

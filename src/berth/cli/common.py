@@ -18,8 +18,8 @@ from berth.errors import BerthError, Unauthorized
 from berth.settings import ClientSettings
 
 T = TypeVar("T")
-out = Console()  # stdout: tables and documents
-err = Console(stderr=True)  # progress and messages, so `--json` stdout holds one document only
+out = Console(soft_wrap=True)  # stdout: tables and documents
+err = Console(stderr=True, soft_wrap=True)  # progress and messages, so `--json` stdout holds one document only
 
 
 def settings() -> ClientSettings:

@@ -26,7 +26,10 @@ def _serve(settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown was clean
+        pass
     if not server.started:
         raise typer.Exit(1)
 

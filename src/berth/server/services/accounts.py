@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth.apps.common import DEFAULT_PROJECT
 from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from berth.schemas import Role
-from berth.server.db.models import ApiToken, Project, ProjectMember, Session, User, Worker, utcnow
+from berth.server.db.models import ApiToken, Project, ProjectMember, Queue, Session, User, Worker, utcnow
 
 from . import security
 
@@ -127,8 +127,10 @@ async def create_user(db: AsyncSession, username: str, password: str, *, is_admi
 
 
 async def bootstrap(db: AsyncSession, admin_password: str | None) -> str | None:
-    """First start: the default project and user 'admin'. Returns a generated password to print once."""
+    """First start: the default project and queue, and user 'admin'. Returns a generated password to print once."""
     await get_or_create_project(db, DEFAULT_PROJECT)
+    if not (await db.execute(select(Queue.id).where(Queue.name == "default"))).first():
+        db.add(Queue(name="default"))
     if (await db.execute(select(User.id).limit(1))).first():
         return None
     generated = None

@@ -1,0 +1,76 @@
+"""Configuration models: one field per seed option, strict validation, exact export/import round trip."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from berth.apps import SshSessionConfig, export_document, parse_document, validate_config
+from berth.errors import InvalidInput
+
+SEED_FIELDS = {
+    # seed option -> config field
+    "Repository": "git_repo", "Branch": "git_branch", "Commit": "git_commit", "Image": "image",
+    "Docker Arguments": "container_args", "Init Script": "init_script", "Extra Packages": "packages",
+    "Persistent Workspace Path": "workspace", "Queue": "queue", "Maximum idle time": "max_idle_hours",
+    "Interactive Session Name": "name", "Interactive Session Project": "project", "Interactive Session Tags": "tags",
+    "Restore Interactive Workspace ID": "restore_session", "Use DropBear": "dropbear",
+    "Idle Network Threshold": "idle_network_mb", "Idle CPU Threshold": "idle_cpu", "Idle GPU Threshold": "idle_gpu",
+}
+
+
+def test_every_seed_option_is_a_field():
+    assert set(SEED_FIELDS.values()) <= set(SshSessionConfig.model_fields)
+
+
+def test_defaults():
+    cfg = validate_config("ssh-session", {})
+    assert cfg.project == "Interactive Session" and cfg.queue == "default" and cfg.workspace == "~/workspace"
+    assert cfg.dropbear is False and cfg.tags == [] and cfg.packages == []
+
+
+def test_tags_and_packages_accept_strings():
+    cfg = validate_config("ssh-session", {"tags": " a, b ,,a", "packages": "numpy 'pandas>=2'\n# comment\ntorch==2.1"})
+    assert cfg.tags == ["a", "b"]
+    assert cfg.packages == ["numpy", "pandas>=2", "torch==2.1"]
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"unknown": 1}, "config.unknown"),
+    ({"max_idle_hours": 0}, "config.max_idle_hours"),
+    ({"idle_gpu": -1}, "config.idle_gpu"),
+    ({"git_branch": "--upload-pack=evil"}, "config.git_branch"),
+    ({"git_repo": "-oProxyCommand=x"}, "config.git_repo"),
+    ({"packages": ["--index-url=http://evil"]}, "config.packages"),
+    ({"workspace": "~other/ws"}, "config.workspace"),
+    ({"workspace": "~/a/../../etc"}, "config.workspace"),
+    ({"tags": 5}, "config.tags"),
+])
+def test_invalid_values_name_the_field(config, field):
+    with pytest.raises(InvalidInput) as info:
+        validate_config("ssh-session", config)
+    assert info.value.field == field
+    assert info.value.message.startswith(field)
+
+
+def test_document_checks():
+    with pytest.raises(InvalidInput, match="berth_config"):
+        parse_document({"app": "ssh-session", "config": {}})
+    with pytest.raises(InvalidInput, match="app: required"):
+        parse_document({"berth_config": 1, "config": {}})
+    with pytest.raises(InvalidInput, match="must be a JSON object"):
+        parse_document([1, 2])
+
+
+names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40).filter(lambda s: s.strip() == s and s)
+
+
+@given(name=names, tags=st.lists(names.filter(lambda t: "," not in t), max_size=4, unique=True),
+       hours=st.floats(min_value=0.001, max_value=1000), cpu=st.floats(min_value=0, max_value=100), dropbear=st.booleans())
+def test_export_import_round_trip(name, tags, hours, cpu, dropbear):
+    cfg = validate_config("ssh-session", {"name": name, "tags": tags, "max_idle_hours": hours, "idle_cpu": cpu, "dropbear": dropbear})
+    dumped = cfg.model_dump(mode="json")
+    app, again = parse_document(export_document("ssh-session", dumped))
+    assert app.value == "ssh-session"
+    assert again.model_dump(mode="json") == dumped
