@@ -101,6 +101,8 @@ class Supervisor:
         return False
 
     async def setup(self) -> None:
+        """Prepare everything, running independent steps side by side (venv ‖ git ‖ SSH server when nothing
+        has to run before the server), then report the connection details."""
         c, cfg = self.console, self.config
         t0 = time.monotonic()
         c(f"setup: {self.backend.describe()}")
@@ -111,38 +113,53 @@ class Supervisor:
         await asyncio.to_thread(_make_dir, workspace, run_as)
         c(f"setup: workspace {workspace}")
         venv = home / ".venv"
-        await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
-        c(f"setup: python environment {venv}")
         scratch = self.dir / "scratch"
         scratch.mkdir(mode=0o700, exist_ok=True)
-        if cfg.git_repo:
-            secrets = self.assignment.secrets
-            await env.clone_git(cfg.git_repo, workspace, branch=cfg.git_branch, commit=cfg.git_commit, token=secrets.git_token,
-                                ssh_key=secrets.git_ssh_key, run_as=run_as, emit=lambda m: c(f"git: {m}"), scratch=scratch)
-        if cfg.packages:
-            c(f"packages: installing {' '.join(cfg.packages)}")
-            await env.install_packages(venv, cfg.packages, run_as, emit=lambda m: c(f"packages: {m}"))
         wrapper = self.dir / "login" / "session-shell"
         if self.host.system_user:  # the wrapper must be readable by the session user: keep it in the home
             wrapper = home / ".berth" / "session-shell"
-        await asyncio.to_thread(env.write_login_files, home, workspace, venv, self.id, run_as, wrapper)
         session_env = env.session_env(self.id, run_as, venv, workspace)
+        kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
+        spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
+                             authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
+                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid)
+
+        async def python_env() -> None:
+            await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
+            c(f"setup: python environment {venv}")
+
+        async def git() -> None:
+            if cfg.git_repo:
+                secrets = self.assignment.secrets
+                await env.clone_git(cfg.git_repo, workspace, branch=cfg.git_branch, commit=cfg.git_commit,
+                                    token=secrets.git_token, ssh_key=secrets.git_ssh_key, run_as=run_as,
+                                    emit=lambda m: c(f"git: {m}"), scratch=scratch)
+
+        async def ssh_server() -> None:
+            c(f"ssh: {reason}")
+            self.ssh = await start_ssh_server(spec, log=lambda m: c(f"ssh: {m}"))
+
+        # The init script runs before the SSH server starts; without one the server can start right away.
+        early_ssh = not cfg.init_script
+        await _all(python_env(), git(), *([ssh_server()] if early_ssh else []))
+        _remove(self.dir / SECRETS_FILE)  # credentials were only needed to clone
+        if cfg.packages:
+            c(f"packages: installing {' '.join(cfg.packages)}")
+            await env.install_packages(venv, cfg.packages, run_as, emit=lambda m: c(f"packages: {m}"))
+        await asyncio.to_thread(env.write_login_files, home, workspace, venv, self.id, run_as, wrapper)
         if cfg.init_script:
             c("init: running init script")
             await env.run_init_script(cfg.init_script, cwd=workspace, env=session_env, run_as=run_as,
                                       emit=lambda m: c(f"init: {m}"), scratch=scratch)
             c("init: init script finished")
-        kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
-        c(f"ssh: {reason}")
-        spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
-                             authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
-                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid)
-        self.ssh = await start_ssh_server(spec, log=lambda m: c(f"ssh: {m}"))
+        if not early_ssh:
+            await ssh_server()
         host = advertise_host(self.agent["server"], self.agent.get("advertise_host"))
         info = SshInfo(host=host, port=self.ssh.port, user=run_as.user, password=self.password,
                        command=f"ssh -p {self.ssh.port} {run_as.user}@{host}", server=kind,
                        host_key=self.ssh.host_key, host_key_fingerprint=self.ssh.host_key_fingerprint)
-        c(f"ssh: ready at {host}:{self.ssh.port} as {run_as.user} (host key {self.ssh.host_key_fingerprint}); setup took {time.monotonic() - t0:.2f} s")
+        c(f"ssh: ready at {host}:{self.ssh.port} as {run_as.user} (host key {self.ssh.host_key_fingerprint}); "
+          f"setup took {time.monotonic() - t0:.2f} s")
         await self.report(SessionStatus.active, ssh=info)
 
     async def watch(self) -> None:
@@ -201,6 +218,16 @@ class Supervisor:
         return 0
 
 
+async def _all(*steps) -> None:
+    """Run steps side by side; the first failure cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(step)
+    except BaseExceptionGroup as grouped:
+        raise grouped.exceptions[0] from None
+
+
 def _make_dir(path: Path, run_as: env.RunAs) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
@@ -221,12 +248,16 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def main() -> None:
-    session_dir = Path(sys.argv[1])
+def run_in_this_process(session_dir: str | Path) -> int:
+    session_dir = Path(session_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (session_dir / PID_FILE).write_text(str(os.getpid()))
-    sys.exit(asyncio.run(Supervisor(session_dir).run()))
+    return asyncio.run(Supervisor(session_dir).run())
+
+
+def main() -> None:
+    sys.exit(run_in_this_process(sys.argv[1]))
 
 
 if __name__ == "__main__":

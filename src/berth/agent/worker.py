@@ -57,7 +57,9 @@ def supervisor_alive(session_dir: Path) -> bool:
     try:
         pid = int((session_dir / PID_FILE).read_text())
         proc = psutil.Process(pid)
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and "berth.agent.supervisor" in " ".join(proc.cmdline())
+        cmdline = " ".join(proc.cmdline())  # a supervisor forked by the zygote keeps the zygote's command line
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and ("berth.agent.supervisor" in cmdline
+                                                                                 or "berth.agent.zygote" in cmdline)
     except (FileNotFoundError, ValueError, psutil.Error):
         return False
 
@@ -70,6 +72,7 @@ class Agent:
         self.client: BerthClient | None = None
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = asyncio.Event()
+        self.zygote: subprocess.Popen | None = None
 
     # --- identity ---------------------------------------------------------------------------
     def _load_identity(self) -> dict:
@@ -127,12 +130,36 @@ class Agent:
         _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
                                                        "password": new_password()})
         _write_private(session_dir / SECRETS_FILE, secrets)
+        if self._fork_supervisor(session_dir):
+            log.info("session %s: supervisor forked by the zygote", assignment.session_id)
+            return
         log_file = open(session_dir / "supervisor.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "berth.agent.supervisor", str(session_dir)], stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=log_file, start_new_session=True, close_fds=True, cwd="/")
         log_file.close()
         self.children[assignment.session_id] = proc
         log.info("session %s: supervisor started (pid %d)", assignment.session_id, proc.pid)
+
+    def _start_zygote(self) -> None:
+        try:
+            self.zygote = subprocess.Popen([sys.executable, "-m", "berth.agent.zygote"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=None, start_new_session=True, cwd="/", text=True)
+            if self.zygote.stdout.readline().strip() != "ready":
+                raise OSError("zygote did not start")
+        except OSError as exc:
+            log.warning("no supervisor zygote (%s); supervisors start as new processes", exc)
+            self.zygote = None
+
+    def _fork_supervisor(self, session_dir: Path) -> bool:
+        """Hand the session to the zygote; False if it is gone (the caller starts a process instead)."""
+        if self.zygote is None or self.zygote.poll() is not None:
+            return False
+        try:
+            self.zygote.stdin.write(f"{session_dir}\n")
+            self.zygote.stdin.flush()
+            return self.zygote.stdout.readline().startswith("started")
+        except (OSError, ValueError):
+            return False
 
     async def reconcile(self, expected: list[str]) -> None:
         """Sessions the server thinks run here but whose supervisor is gone are failed with that reason."""
@@ -141,9 +168,8 @@ class Agent:
             proc = self.children.get(sid)
             if proc is not None and proc.poll() is None:
                 continue
-            if supervisor_alive(session_dir):
-                continue
-            await asyncio.sleep(0)  # a supervisor that just finished reports by itself; check once more
+            if supervisor_alive(session_dir) or not (session_dir / PID_FILE).exists() and _recent(session_dir):
+                continue  # alive, or forked a moment ago and not yet written its pid file
             try:
                 data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
                 token = data["assignment"]["session_token"]
@@ -190,6 +216,7 @@ class Agent:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.register()
+        self._start_zygote()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -199,7 +226,20 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.zygote is not None:
+            self.zygote.stdin.close()  # EOF ends the zygote; supervisors it started are not its children
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.zygote.wait(5)
         await self.client.aclose()
+
+
+def _recent(session_dir: Path, seconds: float = 30.0) -> bool:
+    import time
+
+    try:
+        return time.time() - (session_dir / ASSIGNMENT_FILE).stat().st_mtime < seconds
+    except FileNotFoundError:
+        return False
 
 
 def _write_private(path: Path, data: dict) -> None:
