@@ -188,3 +188,27 @@ def test_flags_override_config_file(stack, tmp_path):
     view = stack.cli_json("launch", "ssh-session", "--config", str(path), "--name", "from-flag")
     stack.cli("sessions", "stop", view["id"])
     assert view["name"] == "from-flag" and view["config"]["idle_cpu"] == 5
+
+
+def test_login_registers_a_key_that_sessions_accept(stack, active):
+    key = stack.home / ".config" / "berth" / "id_ed25519"
+    assert key.exists()
+    ssh = active["ssh"]
+    result = subprocess.run(["ssh", *SSH_OPTS, "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes", "-i", str(key),
+                             "-p", str(ssh["port"]), f"{ssh['user']}@{ssh['host']}", "echo key-ok"], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "key-ok", result.stderr
+
+
+def test_ssh_config_writes_host_entries_usable_by_openssh(stack, active):
+    config = stack.home / ".ssh" / "config"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("Host mine\n    HostName example.invalid\n")
+    stack.cli("ssh-config")
+    stack.cli("ssh-config")  # idempotent: one managed block
+    text = config.read_text()
+    assert text.startswith("Host mine") and text.count("# >>> berth sessions") == 1
+    assert "Host berth-main" in text
+    result = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "berth-main", "pwd"], capture_output=True,
+                            text=True, timeout=30, env=stack.env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("/ws")
