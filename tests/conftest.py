@@ -190,29 +190,28 @@ def make_database_url(pg_admin_url: str | None) -> str | None:
     return create_database(pg_admin_url)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_admin_url):
-    """Server + one local agent on queue 'default', logged in as admin. Shared by a test module."""
-    s = Stack(tmp_path_factory.mktemp("stack"), make_database_url(pg_admin_url))
+def _stack(tmp_path_factory, pg_admin_url, *, with_agent: bool):
+    s = Stack(tmp_path_factory.mktemp("stack" if with_agent else "srv"), make_database_url(pg_admin_url))
     try:
         s.start_server()
         s.login()
-        s.start_agent()
+        if with_agent:
+            s.start_agent()
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_admin_url):
+    """Server + one local agent on queue 'default', logged in as admin. Shared by a test module."""
+    yield from _stack(tmp_path_factory, pg_admin_url, with_agent=True)
 
 
 @pytest.fixture(scope="module")
 def server_only(tmp_path_factory, pg_admin_url):
     """A server with no agent (sessions stay queued)."""
-    s = Stack(tmp_path_factory.mktemp("srv"), make_database_url(pg_admin_url))
-    try:
-        s.start_server()
-        s.login()
-        yield s
-    finally:
-        s.stop()
+    yield from _stack(tmp_path_factory, pg_admin_url, with_agent=False)
 
 
 @pytest.fixture(scope="session")
