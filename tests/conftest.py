@@ -234,12 +234,13 @@ def nonroot_user():
 
 
 def session_processes(session_id: str) -> list[psutil.Process]:
-    """Every process that belongs to a session (its env marker or its per-session user)."""
+    """Every process that belongs to a session (its env marker, its per-session user, or its SSH server)."""
     found = []
     user = f"berth-{session_id[:12]}"
-    for proc in psutil.process_iter(["username"]):
+    for proc in psutil.process_iter(["username", "cmdline"]):
         try:
-            if proc.info["username"] == user or proc.environ().get("BERTH_SESSION_ID") == session_id:
+            started_from_session_dir = any(f"/sessions/{session_id}/" in part for part in proc.info["cmdline"] or [])
+            if proc.info["username"] == user or started_from_session_dir or proc.environ().get("BERTH_SESSION_ID") == session_id:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue

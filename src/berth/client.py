@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from berth.errors import BerthError, ServerUnavailable, from_http
+from berth.metrics import Ingested, MetricsBatch, MetricSample, MetricsView
 from berth.schemas import (
     Assignment, ConsoleEvent, EventIn, LaunchRequest, LoginResponse, SessionView, SupervisorControl, SupervisorStatus,
     TokenCreated, TokenView, UserView, WorkerRegister, WorkerRegistered, WorkerView,
@@ -16,6 +18,7 @@ from berth.schemas import (
 class BerthClient:
     def __init__(self, server: str, token: str | None = None, *, timeout: float = 30.0):
         self.server = server.rstrip("/")
+        self.token = token  # also used by berth.workspace.transfer for bulk bytes
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.server, headers=headers, timeout=timeout)
 
@@ -94,6 +97,9 @@ class BerthClient:
         body = {"overrides": overrides, "secrets": secrets or {}}
         return SessionView.model_validate(await self._json("POST", f"/api/v1/sessions/{session_id}/clone", json=body))
 
+    async def request_sync(self, session_id: str) -> SessionView:
+        return SessionView.model_validate(await self._json("POST", f"/api/v1/sessions/{session_id}/sync"))
+
     async def export(self, session_id: str) -> dict:
         return await self._json("GET", f"/api/v1/sessions/{session_id}/export")
 
@@ -126,9 +132,33 @@ class BerthClient:
     async def post_events(self, session_id: str, events: list[EventIn]) -> None:
         await self._json("POST", f"/api/v1/sessions/{session_id}/supervisor/events", json=[e.model_dump(mode="json") for e in events])
 
-    async def watch(self, session_id: str, wait: float) -> SupervisorControl:
-        data = await self._json("POST", f"/api/v1/sessions/{session_id}/supervisor/watch", params={"wait": wait}, long_poll=wait)
+    async def watch(self, session_id: str, wait: float, known_extend: datetime | None = None,
+                    known_sync: datetime | None = None) -> SupervisorControl:
+        params = {"wait": wait, **{k: v.isoformat() for k, v in (("known_extend", known_extend), ("known_sync", known_sync)) if v}}
+        data = await self._json("POST", f"/api/v1/sessions/{session_id}/supervisor/watch", params=params, long_poll=wait)
         return SupervisorControl.model_validate(data)
+
+    # --- resource metrics ----------------------------------------------------------------------
+    async def post_metrics(self, session_id: str, samples: list[MetricSample]) -> Ingested:
+        body = MetricsBatch(samples=samples).model_dump(mode="json", exclude_none=True)
+        return Ingested.model_validate(await self._json("POST", f"/api/v1/sessions/{session_id}/supervisor/metrics", json=body))
+
+    async def post_worker_metrics(self, worker_id: str, samples: list[MetricSample]) -> Ingested:
+        body = MetricsBatch(samples=samples).model_dump(mode="json", exclude_none=True)
+        return Ingested.model_validate(await self._json("POST", f"/api/v1/workers/{worker_id}/metrics", json=body))
+
+    async def session_metrics(self, session_id: str, *, start: datetime | None = None, end: datetime | None = None,
+                              points: int = 1000) -> MetricsView:
+        params = {k: v.isoformat() for k, v in {"start": start, "end": end}.items() if v is not None} | {"points": points}
+        return MetricsView.model_validate(await self._json("GET", f"/api/v1/sessions/{session_id}/metrics", params=params))
+
+    async def worker_metrics(self, worker_id: str, *, start: datetime | None = None, end: datetime | None = None,
+                             points: int = 1000) -> MetricsView:
+        params = {k: v.isoformat() for k, v in {"start": start, "end": end}.items() if v is not None} | {"points": points}
+        return MetricsView.model_validate(await self._json("GET", f"/api/v1/workers/{worker_id}/metrics", params=params))
+
+    async def extend(self, session_id: str, hours: float) -> SessionView:
+        return SessionView.model_validate(await self._json("POST", f"/api/v1/sessions/{session_id}/extend", json={"hours": hours}))
 
 
 __all__ = ["BerthClient", "BerthError"]

@@ -13,7 +13,9 @@ a secret (password, token, key): callers redact before raising.
     ├── NotFound                    404  no such resource
     ├── Conflict                    409  the resource is in a state that forbids the request
     ├── ServerUnavailable           503  the server could not be reached (client side only)
-    └── SetupFailed                 ---  a session setup step failed on the worker (supervisor)
+    ├── SetupFailed                 ---  a session setup step failed on the worker (supervisor)
+    └── WorkspaceError              ---  a workspace snapshot or restore failed (agent side or CLI); the previous
+                                         snapshot is left intact
 
 The HTTP status of each class is its ``http_status`` attribute: the server's single exception
 handler (``berth.server.app``) turns any ``BerthError`` into ``{"detail": message, "field": ...}``
@@ -66,6 +68,13 @@ class ServerUnavailable(BerthError):
 
 class SetupFailed(BerthError):
     """A session setup step (git, packages, init script, SSH server) failed on the worker."""
+
+
+class WorkspaceError(BerthError):
+    """A workspace snapshot, upload or restore failed (corrupt or missing data, size limit, unsafe entry).
+
+    Raised on the agent side and by the CLI; a failed snapshot never replaces the previous one.
+    """
 
 
 _BY_STATUS = {cls.http_status: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, ServerUnavailable)}

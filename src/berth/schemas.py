@@ -73,6 +73,16 @@ class Links(BaseModel):
     direct: str | None = None
 
 
+class LastSnapshot(BaseModel):
+    """The session's newest stored workspace snapshot."""
+
+    id: str
+    created_at: datetime
+    files: int
+    bytes_total: int
+    bytes_new: int
+
+
 class SessionView(BaseModel):
     """What `berth sessions show --json` prints and the dashboard shows."""
 
@@ -95,6 +105,9 @@ class SessionView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     stopped_at: datetime | None
+    last_snapshot: LastSnapshot | None = None
+    kept_alive_by: list[str] | None = Field(None, description="What kept the session from being idle at the last report, e.g. 'cpu 54% > 10%'")
+    idle_extended_until: datetime | None = Field(None, description="No idle shutdown before this time (`berth sessions extend`)")
 
 
 class LaunchSecrets(BaseModel):
@@ -202,6 +215,7 @@ class SupervisorStatus(BaseModel):
     error: str | None = None
     ssh: SshInfo | None = None
     idle_seconds: float | None = None
+    kept_alive_by: list[str] | None = None
 
 
 class SupervisorControl(BaseModel):
@@ -209,3 +223,5 @@ class SupervisorControl(BaseModel):
 
     stop: bool
     status: SessionStatus
+    extend_until: datetime | None = Field(None, description="No idle shutdown before this time (`berth sessions extend`)")
+    sync_requested_at: datetime | None = Field(None, description="Latest on-demand workspace sync request (`berth sessions sync`)")

@@ -28,6 +28,13 @@ class ServerSettings(BaseSettings):
     long_poll_s: float = Field(25.0, description="Longest time a long-poll request (claim, logs --follow, stop watch) is held open.")
     poll_interval_s: float = Field(0.25, description="How often a held long-poll re-reads the database (so replicas see each other's writes).")
     token_days: float = Field(30.0, description="Lifetime in days of API tokens created by login.")
+    store_url: str | None = Field(None, description="Where workspace snapshots (packs, manifests) are kept: a directory or any fsspec URL (s3://bucket/prefix, gcs://…, memory://); <data_dir>/store when unset.")
+    workspace_keep: int = Field(5, ge=1, description="Snapshots kept per session; older ones are deleted when a new one is committed.")
+    workspace_gc_grace_s: float = Field(6 * 3600.0, ge=0, description="Unreferenced packs younger than this are kept (an upload in progress may still commit them); also how long a sync may take at most.")
+    workspace_gc_interval_s: float = Field(3600.0, gt=0, description="Least time between two garbage collections of unreferenced packs (run after a snapshot commit).")
+    metrics_retention_days: float = Field(7.0, gt=0, description="Resource metric samples (sessions and workers) older than this many days are deleted.")
+    metrics_retention_interval_s: float = Field(3600.0, gt=0, description="How often the server deletes expired metric samples.")
+    metrics_token: str | None = Field(None, description="Bearer token Prometheus sends to scrape GET /metrics; when unset, only admin API tokens may read /metrics.")
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -49,6 +56,10 @@ class AgentSettings(BaseSettings):
     bind_host: str = Field("0.0.0.0", description="Address per-session SSH servers listen on.")
     heartbeat_s: float = Field(5.0, description="Seconds between heartbeats.")
     python: str = Field("/usr/bin/python3", description="Python used for session virtual environments (must be readable by session users).")
+    sync_minutes: float = Field(10.0, description="Minutes between periodic workspace syncs (a session's config may override).")
+    idle_input_window_s: float = Field(60.0, description="User input this recent keeps a session alive (tty times move in ~8 s steps).")
+    idle_warn_before_s: float = Field(600.0, description="Warn open terminals this long before an idle shutdown.")
+    workspace_max_gb: float = Field(50.0, description="Largest workspace a session stores; over it the sync fails and the previous snapshot is kept.")
 
 
 class ClientSettings(BaseSettings):

@@ -84,6 +84,11 @@ def test_dead_supervisor_is_reported_by_the_agent(own):
     os.kill(pid, signal.SIGKILL)
     failed = own.wait_status(view["id"], "failed", timeout=20)
     assert "supervisor exited unexpectedly" in failed["error"]
+    deadline = time.monotonic() + 10  # the agent tears down what the supervisor left: SSH server, processes, user
+    while session_processes(view["id"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(view["id"]) == []
+    assert subprocess.run(["id", f"berth-{view['id']}"], capture_output=True).returncode != 0
 
 
 def test_non_root_agent_gives_password_login_with_a_pty(own, nonroot_user):

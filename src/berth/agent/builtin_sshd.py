@@ -181,6 +181,7 @@ class BuiltinSshd:
         self.keys = self._load_keys(spec.authorized_keys)
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._closed = False
+        self._terminals: set[asyncssh.SSHServerProcess] = set()  # pty channels, for notify_terminals
         try:
             self._shell = pwd.getpwnam(spec.user).pw_shell or "/bin/sh"
         except KeyError:
@@ -199,6 +200,27 @@ class BuiltinSshd:
 
     def alive(self) -> bool:
         return not self._closed and self._acceptor is not None
+
+    def _input(self) -> None:
+        hook = getattr(self.spec, "on_input", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # idle detection must never break a session
+                pass
+
+    def notify_terminals(self, text: str) -> int:
+        """Write a line to every open pty channel (the idle warning); how many got it. Pipe channels
+        (scp, sftp, VS Code) carry data streams and are left alone."""
+        line = f"\r\n\a*** berth: {text} ***\r\n".encode()
+        sent = 0
+        for process in list(self._terminals):
+            try:
+                process.stdout.write(line)
+                sent += 1
+            except Exception:  # channel closing
+                pass
+        return sent
 
     async def start(self) -> tuple[int, str]:
         key_path = self.spec.run_dir / "ssh_host_ed25519_key"
@@ -340,6 +362,7 @@ class BuiltinSshd:
                     continue
                 if not data:
                     break
+                self._input()
                 proc.stdin.write(data)
                 await proc.stdin.drain()
             proc.stdin.close()  # client EOF -> child EOF
@@ -409,13 +432,16 @@ class BuiltinSshd:
                     continue
                 if not data:  # like sshd: EOF does not end a pty session
                     return
+                self._input()
                 await _write_fd(master, data)
 
         inp = asyncio.ensure_future(_quietly(pump_in()))
         out = asyncio.ensure_future(_quietly(pump_out()))
+        self._terminals.add(process)
         try:
             return await self._supervise(proc.pid, proc.wait(), process, [out], hangup)
         finally:
+            self._terminals.discard(process)
             await asyncio.shield(hangup())
 
 

@@ -63,6 +63,7 @@ class SshServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     uid: int | None = None
     gid: int | None = None
+    on_input: Callable[[], None] | None = None  # built-in server only: a client sent data (idle detection)
 
     def __repr__(self) -> str:  # never print the password
         return f"SshServerSpec(kind={self.kind!r}, user={self.user!r}, run_dir={str(self.run_dir)!r}, port={self.port!r})"

@@ -26,6 +26,7 @@ from berth.agent import environment as env
 from berth.agent.backends import SessionHost, get_backend
 from berth.agent.console import Console
 from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server
+from berth.agent.sync import WorkspaceSync
 from berth.apps import SshSessionConfig
 from berth.client import BerthClient
 from berth.errors import BerthError, Conflict, SetupFailed
@@ -82,6 +83,12 @@ class Supervisor:
         self.stop_event = asyncio.Event()
         self.final = SessionStatus.stopped
         self.error: str | None = None
+        self.workspace_sync: WorkspaceSync | None = None
+        self.background: list[asyncio.Task] = []
+        self.known_sync = None
+        self.known_extend = None
+        self.watchdog = None
+        self.stop_reason: str | None = None
 
     async def report(self, status: SessionStatus, **fields) -> bool:
         """Tell the server; False when the server has already ended the session (so we tear down)."""
@@ -91,6 +98,8 @@ class Supervisor:
                 control = await self.client.report(self.id, SupervisorStatus(status=status, **fields))
                 if control.stop:
                     self.stop_event.set()
+                if self.watchdog is not None:
+                    self.watchdog.extend_until(control.extend_until)
                 return True
             except Conflict:
                 self.stop_event.set()
@@ -112,6 +121,13 @@ class Supervisor:
         workspace = expand_workspace(cfg.workspace, home)
         await asyncio.to_thread(_make_dir, workspace, run_as)
         c(f"setup: workspace {workspace}")
+        max_gb = cfg.workspace_max_gb or self.agent.get("workspace_max_gb") or 50.0
+        self.workspace_sync = WorkspaceSync(
+            self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.agent.get("sync_minutes") or 10),
+            excludes=cfg.workspace_excludes or None, max_bytes=int(max_gb * 2**30), emit=c)
+        if self.assignment.restored_from:  # before git, init script and SSH server: they see the restored files
+            await self.workspace_sync.restore(self.assignment.restored_from, run_as.uid if self.host.system_user else None,
+                                              run_as.gid if self.host.system_user else None)
         venv = home / ".venv"
         scratch = self.dir / "scratch"
         scratch.mkdir(mode=0o700, exist_ok=True)
@@ -120,9 +136,13 @@ class Supervisor:
             wrapper = home / ".berth" / "session-shell"
         session_env = env.session_env(self.id, run_as, venv, workspace)
         kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
+        from berth.agent.monitor import SessionSampler
+
+        self.sampler = SessionSampler.for_session(self.id, system_uid=run_as.uid if self.host.system_user else None)
         spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
                              authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
-                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid)
+                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid,
+                             on_input=self.sampler.note_input)
 
         async def python_env() -> None:
             await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
@@ -161,24 +181,82 @@ class Supervisor:
         c(f"ssh: ready at {host}:{self.ssh.port} as {run_as.user} (host key {self.ssh.host_key_fingerprint}); "
           f"setup took {time.monotonic() - t0:.2f} s")
         await self.report(SessionStatus.active, ssh=info)
+        self.background.append(asyncio.create_task(self.workspace_sync.periodic()))
+        self.start_watchdog(builtin=getattr(self.ssh, "_builtin", None))
+        self.sync_server = await self.workspace_sync.serve_socket(home, venv / "bin", run_as.uid if self.host.system_user else None,
+                                                                  run_as.gid if self.host.system_user else None)
+
+    def start_watchdog(self, builtin) -> None:
+        """Metrics and idle rules (berth.agent.watchdog); at the idle limit it asks for the stop."""
+        from berth.agent.idle import IdleTracker
+        from berth.agent.watchdog import SessionWatchdog
+
+        self.sampler.set_ssh_ports([self.ssh.port])
+        tracker = IdleTracker.from_config(self.config, input_window_s=self.agent.get("idle_input_window_s", 60.0),
+                                          warn_before_s=self.agent.get("idle_warn_before_s", 600.0),
+                                          # short limits must still show "idle" before they end
+                                          idle_status_after_s=min(60.0, self.config.max_idle_hours * 360))
+        self.watchdog = SessionWatchdog(self.client, self.id, self.sampler, tracker,
+                                        console=self.console, report=self._report_idle, builtin=builtin)
+        self.watchdog.extend_until(self.known_extend)
+
+        async def run() -> None:
+            self.stop_reason = await self.watchdog.run()
+            self.stop_event.set()
+
+        self.background.append(asyncio.create_task(run()))
+
+    async def _report_idle(self, state) -> None:
+        status = SessionStatus.idle if state.show_idle else SessionStatus.active
+        await self.report(status, idle_seconds=state.idle_seconds, kept_alive_by=state.kept_alive_by)
 
     async def watch(self) -> None:
-        """Wait for a stop request (long poll), the SSH server dying, or a signal."""
+        """Wait for a stop request (long poll), the idle limit, the SSH server dying, or a signal."""
         while not self.stop_event.is_set():
             if self.ssh is not None and not self.ssh.alive():
                 self.final, self.error = SessionStatus.failed, "the SSH server exited unexpectedly"
                 return
             try:
-                control = await self.client.watch(self.id, wait=20)
+                poll = asyncio.ensure_future(self.client.watch(self.id, wait=20, known_extend=self.known_extend,
+                                                               known_sync=self.known_sync))
+                stopped = asyncio.ensure_future(self.stop_event.wait())
+                await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not poll.done():
+                    poll.cancel()
+                    return
+                control = poll.result()
                 if control.stop:
                     return
+                if self.watchdog is not None:
+                    self.watchdog.extend_until(control.extend_until)
+                if control.sync_requested_at != self.known_sync:
+                    if self.known_sync is not None or control.sync_requested_at is not None:
+                        self.background.append(asyncio.create_task(self.workspace_sync.sync("on-demand")))
+                    self.known_sync = control.sync_requested_at
+                self.known_extend = control.extend_until
             except BerthError as exc:  # server away: keep serving, try again
                 log.warning("watch failed: %s", exc.message)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), 2.0)
 
+    async def final_sync(self) -> None:
+        """Store the workspace before anything is killed; a failure fails the session (the old snapshot stays)."""
+        for task in self.background:
+            task.cancel()
+        if self.watchdog is not None:
+            with contextlib.suppress(Exception):
+                await self.watchdog.flush()  # the last metrics
+        if self.workspace_sync is None:
+            return
+        if not await self.workspace_sync.sync("final"):
+            self.final = SessionStatus.failed
+            self.error = f"the final workspace sync failed: {self.workspace_sync.last_error}"
+
     async def teardown(self) -> None:
         c = self.console
+        for task in self.background:
+            task.cancel()
         if self.ssh is not None:
             with contextlib.suppress(Exception):
                 await self.ssh.stop()
@@ -209,6 +287,7 @@ class Supervisor:
                 await self.watch()
             if self.error is None:
                 await self.report(SessionStatus.stopping)
+                await self.final_sync()
             await self.teardown()
             await self.report(self.final, error=self.console.redact(self.error) if self.error else None)
         finally:

@@ -126,7 +126,9 @@ class Agent:
         secrets = assignment.secrets.model_dump(exclude_none=True)
         public = assignment.model_copy(update={"secrets": type(assignment.secrets)()})
         agent = {"server": self.settings.server, "backend": self.settings.backend, "homes_dir": str(self.settings.homes_dir),
-                 "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python}
+                 "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python,
+                 "sync_minutes": self.settings.sync_minutes, "workspace_max_gb": self.settings.workspace_max_gb,
+                 "idle_input_window_s": self.settings.idle_input_window_s, "idle_warn_before_s": self.settings.idle_warn_before_s}
         _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
                                                        "password": new_password()})
         _write_private(session_dir / SECRETS_FILE, secrets)
@@ -179,6 +181,8 @@ class Agent:
                 with contextlib.suppress(BerthError):
                     await client.report(sid, SupervisorStatus(status=SessionStatus.failed,
                                                               error="the session's supervisor exited unexpectedly"))
+            killed = await clean_up_after_dead_supervisor(sid, session_dir)
+            log.warning("session %s: supervisor died; ended %d leftover process(es)", sid, killed)
             self.children.pop(sid, None)
         for sid, proc in list(self.children.items()):
             if proc.poll() is not None:
@@ -231,6 +235,42 @@ class Agent:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.zygote.wait(5)
         await self.client.aclose()
+
+
+async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path) -> int:
+    """What the supervisor would have torn down: its SSH server, the session's processes, its user."""
+    import pwd
+
+    from .backends.process import session_user_name
+    from .environment import kill_session_processes, remove_session_user
+
+    marker = str(session_dir)
+    killed = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):  # sshd -f <session dir>/ssh/sshd_config
+                proc.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    uid = None
+    if os.geteuid() == 0:
+        try:
+            uid = pwd.getpwnam(session_user_name(session_id)).pw_uid
+        except KeyError:
+            pass
+    killed += await asyncio.to_thread(kill_session_processes, session_id, uid=uid, exclude={os.getpid()})
+    if uid is not None:
+        await remove_session_user(session_user_name(session_id))
+    for name in ("secrets.json", "scratch"):
+        path = session_dir / name
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return killed
 
 
 def _recent(session_dir: Path, seconds: float = 30.0) -> bool:

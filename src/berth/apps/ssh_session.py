@@ -37,6 +37,16 @@ class SshSessionConfig(CommonConfig):
     packages: list[str] = Field(default_factory=list, description="Extra Python packages, pip requirement syntax")
     workspace: str = Field("~/workspace", min_length=1, max_length=1024, description="Persistent workspace path")
     dropbear: bool = Field(False, description="Use Dropbear instead of OpenSSH (required when not root)")
+    sync_minutes: float | None = Field(None, gt=0, le=24 * 60, description="Minutes between workspace syncs (agent default: 10)")
+    workspace_excludes: list[str] = Field(default_factory=list, description="Extra gitignore-style patterns not stored with the workspace")
+    workspace_max_gb: float | None = Field(None, gt=0, description="Largest workspace stored (agent default applies when unset)")
+
+    @field_validator("workspace_excludes", mode="before")
+    @classmethod
+    def _split_excludes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
+        return value
 
     @field_validator("git_repo", "git_branch", "git_commit", "image", "container_args", "init_script", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import auth, launch, run, sessions, ssh
+from . import auth, launch, metrics, run, sessions, ssh, workspaces
 
 app = typer.Typer(help="berth: self-hosted interactive remote sessions.", no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False)
@@ -17,6 +17,8 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(auth.tokens, name="tokens")
 app.add_typer(auth.users, name="users")
 app.add_typer(auth.projects, name="projects")
+app.add_typer(metrics.workers, name="workers")
+app.add_typer(workspaces.app, name="workspaces")
 app.command()(ssh.ssh)
 app.command("ssh-config")(ssh.ssh_config)
 

@@ -26,12 +26,26 @@ def _serve(settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
+
+    def _term_as_interrupt(signum, frame):  # uvicorn re-raises SIGTERM after its clean shutdown: end like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term_as_interrupt)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown was clean
         pass
     if not server.started:
         raise typer.Exit(1)
+
+
+def _die_with_parent() -> None:
+    """In the agent child of `berth up`: get SIGTERM when `berth up` dies, however it dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def server(
@@ -98,7 +112,8 @@ def up(
 
     def start_agent() -> None:
         nonlocal agent_proc
-        agent_proc = subprocess.Popen(agent_cmd, env=env, stdin=subprocess.DEVNULL, stdout=agent_log, stderr=agent_log)
+        agent_proc = subprocess.Popen(agent_cmd, env=env, stdin=subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
+                                      preexec_fn=_die_with_parent)
 
     import threading
 
@@ -110,6 +125,7 @@ def up(
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                     start_agent()
                     err.print(f"berth is up: dashboard {url}/  (agent log: {data_dir / 'agent.log'})")
+                    agent_proc.wait()  # PDEATHSIG follows the *thread* that started the child: it must outlive the agent
                     return
             time.sleep(0.1)
 

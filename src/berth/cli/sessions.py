@@ -130,6 +130,35 @@ def logs(session_id: str, follow: bool = typer.Option(False, "--follow", "-f", h
         print_json(collected)
 
 
+@app.command()
+def sync(session_id: str, wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the result"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Store a running session's workspace now (it is also stored periodically and on stop)."""
+
+    async def go(c: BerthClient) -> tuple[SessionView, str | None]:
+        events = await c.events(session_id)
+        after = events[-1].id if events else 0
+        view = await c.request_sync(session_id)
+        if not wait:
+            return view, None
+        with err.status(f"syncing the workspace of {session_id}"):
+            while True:
+                for e in await c.events(session_id, after=after, wait=20):
+                    after = e.id
+                    if e.message.startswith("workspace: on-demand sync"):
+                        return await c.session(session_id), e.message
+                    if e.message.startswith(("status: stopped", "status: failed")):
+                        return await c.session(session_id), "the session ended before the sync"
+
+    view, result = run(go)
+    if as_json:
+        print_json(view)
+    elif result:
+        err.print(result.removeprefix("workspace: "))
+    if result and ("failed" in result or "ended" in result):
+        raise typer.Exit(1)
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -137,3 +166,10 @@ def _escape(text: str) -> str:
 
 
 __all__ = ["app", "App"]
+
+
+# Resource metrics and idle extension (issue #4) live in cli/metrics.py.
+from . import metrics as _metrics  # noqa: E402
+
+app.command("metrics")(_metrics.metrics)
+app.command("extend")(_metrics.extend)

@@ -15,9 +15,11 @@ from berth import __version__
 from berth.errors import BerthError
 from berth.settings import ServerSettings
 
+from . import prometheus
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
 from .services import accounts, workers
+from .services import metrics as metrics_svc
 from .services.notify import Notifier
 
 log = logging.getLogger("berth.server")
@@ -53,18 +55,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             # Printed once, to the operator's terminal only (never to the log file).
             print(f"berth: created user 'admin' with password: {generated}", flush=True)
         reaper = asyncio.create_task(_reaper(app, utcnow()))
+        retention = asyncio.create_task(metrics_svc.retention_loop(app))
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for task in (reaper, retention):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.dispose()
 
     app = FastAPI(title="berth", version=__version__, lifespan=lifespan,
                   description="Self-hosted interactive remote sessions: SSH dev environments and remote desktops.")
     app.state.settings = settings
     app.state.notifier = Notifier()
+    prometheus.install(app)
 
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, exc: BerthError) -> JSONResponse:
@@ -81,9 +86,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         msg = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg")
         return JSONResponse({"detail": f"{field}: {msg}" if field else str(msg), "field": field or None}, status_code=422)
 
-    from .api import auth, projects, sessions, workers as workers_api
+    from .api import auth, metrics as metrics_api, projects, sessions, workers as workers_api, workspaces as workspaces_api
 
-    for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router):
+    for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router,
+                   metrics_api.router, metrics_api.prometheus_router, workspaces_api.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["meta"])

@@ -51,6 +51,17 @@ async def stop(session_id: str, db: Db, user: CurrentUser, request: Request) -> 
     return view
 
 
+@router.post("/{session_id}/sync", response_model=SessionView, responses=errors(401, 403, 404, 409))
+async def request_sync(session_id: str, db: Db, user: CurrentUser, request: Request) -> SessionView:
+    """Ask the session's supervisor to store the workspace now (it answers in the console)."""
+    row = await svc.readable_session(db, user, session_id, Role.member)
+    await svc.request_sync(db, row, user.username)
+    view = await svc.view(db, row)
+    await db.commit()
+    _notifier(request).notify(svc.session_topic(session_id))
+    return view
+
+
 class CloneRequest(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Configuration fields to change in the clone")
     secrets: LaunchSecrets = Field(default_factory=LaunchSecrets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -87,7 +89,7 @@ async def report_status(session_id: str, body: SupervisorStatus, db: Db, princip
         await session_svc.add_event(db, session_id, msg, level="error" if row.status == "failed" else "info")
     await db.commit()
     request.app.state.notifier.notify(session_svc.session_topic(session_id))
-    return SupervisorControl(stop=row.stop_requested, status=row.status)
+    return SupervisorControl(stop=row.stop_requested, status=row.status, extend_until=row.idle_extended_until)
 
 
 @router.post("/sessions/{session_id}/supervisor/events", status_code=204, responses=errors(401, 403))
@@ -100,22 +102,26 @@ async def post_events(session_id: str, body: list[EventIn], db: Db, principal: C
 
 
 @router.post("/sessions/{session_id}/supervisor/watch", response_model=SupervisorControl, responses=errors(401, 403))
-async def watch(session_id: str, db: Db, principal: Caller, request: Request, wait: float = Query(0, ge=0, le=60)) -> SupervisorControl:
-    """Held open until the session should stop (or `wait` passes): how supervisors learn of a stop request."""
+async def watch(session_id: str, db: Db, principal: Caller, request: Request, wait: float = Query(0, ge=0, le=60),
+                known_extend: datetime | None = None, known_sync: datetime | None = None) -> SupervisorControl:
+    """Held open until there is news for the supervisor (stop, idle extension or sync request differing from what
+    it already knows), or `wait` passes: how supervisors learn of user requests."""
     _require_session(principal, session_id)
     settings = request.app.state.settings
+
+    def control(row) -> SupervisorControl:
+        return SupervisorControl(stop=row.stop_requested or SessionStatus(row.status).is_final, status=row.status,
+                                 extend_until=row.idle_extended_until, sync_requested_at=row.sync_requested_at)
 
     async def check():
         row = await session_svc.get_session(db, session_id)
         await db.refresh(row)
         await db.commit()
-        if row.stop_requested or SessionStatus(row.status).is_final:
-            return SupervisorControl(stop=True, status=row.status)
+        news = control(row)
+        if news.stop or news.extend_until != known_extend or news.sync_requested_at != known_sync:
+            return news
         return None
 
-    control = await request.app.state.notifier.wait_for([session_svc.session_topic(session_id)], check,
-                                                        min(wait, settings.long_poll_s), settings.poll_interval_s)
-    if control is None:
-        row = await session_svc.get_session(db, session_id)
-        control = SupervisorControl(stop=False, status=row.status)
-    return control
+    news = await request.app.state.notifier.wait_for([session_svc.session_topic(session_id)], check,
+                                                     min(wait, settings.long_poll_s), settings.poll_interval_s)
+    return news or control(await session_svc.get_session(db, session_id))

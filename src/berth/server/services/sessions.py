@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps import export_document, validate_config
 from berth.errors import Conflict, InvalidInput, NotFound
-from berth.schemas import App, LaunchRequest, Links, Role, SessionStatus, SessionView, SshInfo, SupervisorStatus
-from berth.server.db.models import Project, Queue, Session, SessionEvent, User, Worker, utcnow
+from berth.schemas import App, LastSnapshot, LaunchRequest, Links, Role, SessionStatus, SessionView, SshInfo, SupervisorStatus
+from berth.server.db.models import Project, Queue, Session, SessionEvent, Snapshot, User, Worker, utcnow
 
 from . import accounts, security
 
@@ -92,7 +92,18 @@ async def view(db: AsyncSession, row: Session) -> SessionView:
         restored_from=row.restored_from, worker=worker.name if worker else None, error=row.error, owner=owner.username,
         config=row.config, ssh=ssh, links=Links() if row.app == App.remote_desktop.value else None,
         created_at=row.created_at, started_at=row.started_at, stopped_at=row.stopped_at,
+        last_snapshot=await _last_snapshot(db, row.id),
+        kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
     )
+
+
+async def _last_snapshot(db: AsyncSession, session_id: str) -> LastSnapshot | None:
+    snap = (await db.execute(select(Snapshot).where(Snapshot.session_id == session_id)
+                             .order_by(Snapshot.created_at.desc(), Snapshot.id).limit(1))).scalar_one_or_none()
+    if snap is None:
+        return None
+    return LastSnapshot(id=snap.id, created_at=snap.created_at, files=snap.files, bytes_total=snap.bytes_total,
+                        bytes_new=snap.bytes_stored_new)
 
 
 async def list_sessions(db: AsyncSession, user: User, *, status: list[str] | None, project: str | None,
@@ -123,6 +134,14 @@ async def request_stop(db: AsyncSession, row: Session, by: str) -> Session:
     row.updated_at = utcnow()
     await add_event(db, row.id, f"status: stopping ({by})")
     return row
+
+
+async def request_sync(db: AsyncSession, row: Session, by: str) -> None:
+    status = SessionStatus(row.status)
+    if status not in (SessionStatus.active, SessionStatus.idle):
+        raise Conflict(f"session {row.id} is {status.value}: only a running session can sync its workspace")
+    row.sync_requested_at = utcnow()
+    await add_event(db, row.id, f"workspace: sync requested by {by}")
 
 
 async def finish(db: AsyncSession, row: Session, status: SessionStatus, error: str | None) -> None:
@@ -164,6 +183,8 @@ async def supervisor_report(db: AsyncSession, row: Session, report: SupervisorSt
         row.ssh = report.ssh.model_dump()
     if report.idle_seconds is not None:
         row.idle_seconds = report.idle_seconds
+    if report.kept_alive_by is not None:
+        row.kept_alive_by = report.kept_alive_by[:20]
     if new != current:
         if new.is_final:
             await finish(db, row, new, report.error)

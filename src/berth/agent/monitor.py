@@ -1,0 +1,288 @@
+"""Resource sampling on the worker: one session's processes (``SessionSampler``) or the whole host (``HostSampler``).
+
+Session figures (see ``berth.metrics`` for units):
+  * CPU: "% of one core" summed over the session's processes, so one busy core reads 100 on a 2-core
+    laptop and on a 64-core server alike: an idle rule of "cpu > 10" means "a tenth of a core busy",
+    which is what tells a working session from an idle one, whatever the machine's size. The CPU of
+    processes that lived and ended between two samples is counted too: it shows up in the reaping
+    parent's cutime/cstime (a short compiler run under `make` is not lost).
+  * memory: RSS summed; disk: /proc/PID/io read_bytes/write_bytes rates (storage I/O, not page cache hits).
+  * network: host-level (all interfaces but loopback); the process backend has no per-session network
+    namespace, so the sample says ``network_scope: "host"``.
+  * GPU: NVML per device, plus the session's share where the driver reports per-process use.
+
+User input (``last_input_at``), the evidence that a person is there:
+  (a) the atime of each pty the session's processes have as controlling terminal: the kernel updates it
+      when a process reads input from the terminal, i.e. on keystrokes (coarsely: at most every 8 s);
+  (b) ``note_input()``, a hook for the built-in SSH server, called when a client sends channel data;
+  (c) optionally, bytes received on the SSH server's port (``ss``), for non-pty connections such as VS
+      Code Remote; deltas below ``socket_threshold_bytes`` per poll (keepalives) do not count.
+An SSH connection left open with no input moves none of these.
+
+Cost: a sample reads /proc/PID/{stat,io} of the session's processes and inspects each new pid once; a
+session of a few processes costs ~0.1 % of a core at one sample per 2 s, ``ss`` (input (c), every 10 s)
+another ~0.15 % (tests/unit/test_monitor.py, bench/metrics.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import psutil
+
+from berth.metrics import MetricSample
+
+from .gpus import GpuReader, summarize
+from .proctable import CLK_TCK, ProcessTable, ProcStat, Scope, read_io
+
+MB = 1_000_000
+DEFAULT_INTERVAL_S = 2.0
+SOCKET_INPUT_BYTES = 2048  # per poll: an OpenSSH keepalive is ~100 bytes, typing a word is more
+_BYTES_RECEIVED = re.compile(r"bytes_received:(\d+)")
+_gpu_reader: GpuReader | None = None
+
+
+def shared_gpu_reader() -> GpuReader:
+    """NVML is initialised once per process, whatever the number of samplers."""
+    global _gpu_reader
+    if _gpu_reader is None:
+        _gpu_reader = GpuReader()
+    return _gpu_reader
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class NetCounter:
+    """Host network rates over every interface but loopback."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+        self._t = time.monotonic()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        rx = tx = 0
+        for name, c in psutil.net_io_counters(pernic=True).items():
+            if name != "lo":
+                rx, tx = rx + c.bytes_recv, tx + c.bytes_sent
+        return rx, tx
+
+    def rates(self) -> tuple[float | None, float | None]:
+        (rx, tx), t = self._read(), time.monotonic()
+        (prx, ptx), dt = self._last, t - self._t
+        self._last, self._t = (rx, tx), t
+        if dt <= 0.05:
+            return None, None
+        return max(0, rx - prx) / MB / dt, max(0, tx - ptx) / MB / dt  # max: counters reset when a NIC goes away
+
+
+class SocketActivity:
+    """Bytes clients sent to the SSH server's ports, from ``ss`` (optional input signal (c)).
+
+    Running ``ss`` costs ~15 ms of CPU, so it runs at most every ``min_interval_s`` (0.15 % of a core at
+    10 s); the input window of the idle rules (60 s) is much longer than that."""
+
+    def __init__(self, ports: Iterable[int], threshold_bytes: int = SOCKET_INPUT_BYTES, min_interval_s: float = 10.0):
+        self.ports = sorted(set(ports))
+        self.threshold = threshold_bytes
+        self.min_interval_s = min_interval_s
+        self._ss = shutil.which("ss") or ("/usr/bin/ss" if os.path.exists("/usr/bin/ss") else None)
+        self._seen: dict[tuple[str, str], int] | None = None
+        self._polled = float("-inf")
+        self.last_at: float | None = None
+
+    def poll(self) -> float | None:
+        """Time of the last poll that saw more than the threshold arrive; None when never (or no `ss`)."""
+        if not self.ports or self._ss is None or time.monotonic() - self._polled < self.min_interval_s:
+            return self.last_at
+        self._polled = time.monotonic()
+        current = self._read()
+        if current is None:
+            return self.last_at
+        if self._seen is not None:  # the first poll only learns the baseline
+            received = sum(n - self._seen.get(key, 0) for key, n in current.items() if n >= self._seen.get(key, 0))
+            if received >= self.threshold:
+                self.last_at = time.time()
+        self._seen = current
+        return self.last_at
+
+    def _read(self) -> dict[tuple[str, str], int] | None:
+        ports = " or ".join(f"sport = :{p}" for p in self.ports)
+        try:
+            out = subprocess.run([self._ss, "-tinH", "state", "established", f"( {ports} )"], capture_output=True,
+                                 text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        found: dict[tuple[str, str], int] = {}
+        key: tuple[str, str] | None = None
+        for line in out.splitlines():
+            if line and not line[0].isspace():
+                parts = line.split()
+                key = (parts[-2], parts[-1]) if len(parts) >= 2 else None
+            elif key is not None and (m := _BYTES_RECEIVED.search(line)):
+                found[key] = int(m.group(1))
+        return found
+
+
+class SessionSampler:
+    """Samples one session's processes. Not thread-safe except ``note_input`` (call it from anywhere).
+
+    Root agents pass ``uid`` (the per-session user); non-root agents pass ``root_pid`` (the supervisor:
+    its descendants count, itself not). Both find processes by ``BERTH_SESSION_ID`` as well.
+    """
+
+    def __init__(self, session_id: str, *, uid: int | None = None, root_pid: int | None = None,
+                 exclude_pids: Iterable[int] = (), ssh_ports: Iterable[int] = (), gpus: GpuReader | None | bool = True,
+                 socket_threshold_bytes: int = SOCKET_INPUT_BYTES, socket_interval_s: float = 10.0):
+        scope = Scope(session_id=session_id, uids=frozenset({uid}) if uid is not None else frozenset(),
+                      root_pid=root_pid, exclude=frozenset({os.getpid(), *exclude_pids}))
+        self.session_id = session_id
+        self.table = ProcessTable(scope)
+        self.gpus = shared_gpu_reader() if gpus is True else (gpus or None)
+        self.sockets = SocketActivity(ssh_ports, socket_threshold_bytes, socket_interval_s)
+        self._net = NetCounter()
+        self._input_at: float | None = None
+        self._ttys: set[str] = set()
+        self._pids: set[int] = set()
+        self._prev: dict[int, ProcStat] = {}
+        self._prev_io: dict[int, tuple[int, int]] = {}
+        self._prev_t = time.monotonic()
+        self._prev_ticks = 0
+        self._baseline()
+
+    @classmethod
+    def for_session(cls, session_id: str, *, system_uid: int | None, **kw) -> SessionSampler:
+        """What the supervisor uses: the per-session user when there is one, else its own process tree."""
+        if system_uid is not None:
+            return cls(session_id, uid=system_uid, **kw)
+        return cls(session_id, root_pid=os.getpid(), **kw)
+
+    # --- hooks and accessors ----------------------------------------------------------------------
+    def note_input(self) -> None:
+        """Input hook (b): the built-in SSH server calls this when a client sends channel data."""
+        self._input_at = time.time()
+
+    def set_ssh_ports(self, ports: Iterable[int]) -> None:
+        """Watch these ports for input (c) from now on (the SSH server's port is known after setup)."""
+        self.sockets = SocketActivity(ports, self.sockets.threshold, self.sockets.min_interval_s)
+
+    @property
+    def pids(self) -> set[int]:
+        """The session's processes as of the last sample."""
+        return set(self._pids)
+
+    def ttys(self) -> list[str]:
+        """The pty devices (/dev/pts/N) the session's processes have as controlling terminal, as of the last sample."""
+        return sorted(self._ttys)
+
+    def last_input_at(self) -> float | None:
+        """Epoch seconds of the last sign of user input (see the module docstring), or None."""
+        times = [t for t in (self._input_at, self.sockets.poll()) if t is not None]
+        for path in self._ttys:
+            try:
+                times.append(os.stat(path).st_atime)
+            except OSError:  # the terminal closed since the last sample
+                pass
+        return max(times) if times else None
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def _baseline(self) -> None:
+        members, ticks = self.table.scan()
+        self._remember(members, ticks, time.monotonic(), {pid: io for pid in members if (io := read_io(pid))})
+
+    def _remember(self, members: dict[int, ProcStat], ticks: int, t: float, io: dict[int, tuple[int, int]]) -> None:
+        self._prev, self._prev_io, self._prev_ticks, self._prev_t = members, io, ticks, t
+        self._pids = set(members)
+        self._ttys = {p for st in members.values() if (p := st.pts)}
+
+    def _cpu_ticks(self, members: dict[int, ProcStat]) -> int:
+        deltas: dict[int, int] = {}
+        for pid, st in members.items():
+            prev = self._prev.get(pid)
+            if prev is not None and prev.start == st.start:
+                deltas[pid] = st.total_ticks - prev.total_ticks
+            elif st.start >= self._prev_ticks:  # started since the last sample: all of its time is new
+                deltas[pid] = st.total_ticks
+        # A process that ended was reaped by its parent, whose cutime/cstime now holds its whole life; when
+        # the parent ended too, the grandparent holds both. Take off, at the nearest living ancestor, what
+        # was already counted while they were alive.
+        gone = {pid for pid, prev in self._prev.items() if pid not in members or members[pid].start != prev.start}
+        for pid in gone:
+            ancestor, hops = self._prev[pid].ppid, 0
+            while ancestor in gone and hops < 64:
+                ancestor, hops = self._prev[ancestor].ppid, hops + 1
+            if ancestor in deltas:
+                deltas[ancestor] -= self._prev[pid].total_ticks
+        return sum(max(0, d) for d in deltas.values())
+
+    def sample(self) -> MetricSample:
+        members, ticks = self.table.scan()
+        t = time.monotonic()
+        dt = t - self._prev_t
+        io_now = {pid: io for pid in members if (io := read_io(pid)) is not None}
+        read_b = write_b = 0
+        for pid, (r, w) in io_now.items():
+            prev_io = self._prev_io.get(pid)
+            prev = self._prev.get(pid)
+            if prev_io is not None and prev is not None and prev.start == members[pid].start:
+                read_b, write_b = read_b + max(0, r - prev_io[0]), write_b + max(0, w - prev_io[1])
+            elif members[pid].start >= self._prev_ticks:
+                read_b, write_b = read_b + r, write_b + w
+        cpu_ticks = self._cpu_ticks(members)
+        rx, tx = self._net.rates()
+        gpus = self.gpus.read(set(members)) if self.gpus is not None and self.gpus.available else None
+        gpu_util, gpu_used, gpu_total = summarize(gpus)
+        rated = dt > 0.05
+        sample = MetricSample(
+            ts=_now(), cpu=cpu_ticks / CLK_TCK / dt * 100 if rated else None,
+            mem_mb=sum(st.rss_bytes for st in members.values()) / MB,
+            disk_read_mbs=read_b / MB / dt if rated else None, disk_write_mbs=write_b / MB / dt if rated else None,
+            net_rx_mbs=rx, net_tx_mbs=tx, gpu_util=gpu_util, gpu_mem_used_mb=gpu_used, gpu_mem_total_mb=gpu_total,
+            gpus=gpus, gpu_available=gpus is not None, network_scope="host", processes=len(members),
+        )
+        self._remember(members, ticks, t, io_now)
+        return sample
+
+
+def _busy(times) -> float:
+    """Seconds not idle (guest time is already inside user time on Linux, as psutil.cpu_percent knows)."""
+    total = sum(times) - getattr(times, "guest", 0) - getattr(times, "guest_nice", 0)
+    return total - times.idle - getattr(times, "iowait", 0)
+
+
+class HostSampler:
+    """Worker-level figures: the whole machine (CPU in % of one core summed, like sessions: 16 busy cores = 1600)."""
+
+    def __init__(self, gpus: GpuReader | None | bool = True):
+        self.gpus = shared_gpu_reader() if gpus is True else (gpus or None)
+        self._net = NetCounter()
+        self._cpu = psutil.cpu_times()
+        self._disk = psutil.disk_io_counters()
+        self._t = time.monotonic()
+
+    def sample(self) -> MetricSample:
+        t = time.monotonic()
+        dt = max(t - self._t, 1e-6)
+        cpu, disk = psutil.cpu_times(), psutil.disk_io_counters()
+        busy = _busy(cpu) - _busy(self._cpu)
+        read = write = None
+        if disk is not None and self._disk is not None:
+            read = max(0, disk.read_bytes - self._disk.read_bytes) / MB / dt
+            write = max(0, disk.write_bytes - self._disk.write_bytes) / MB / dt
+        rx, tx = self._net.rates()
+        mem = psutil.virtual_memory()
+        gpus = self.gpus.read() if self.gpus is not None and self.gpus.available else None
+        gpu_util, gpu_used, gpu_total = summarize(gpus)
+        self._cpu, self._disk, self._t = cpu, disk, t
+        return MetricSample(ts=_now(), cpu=max(0.0, busy) / dt * 100, mem_mb=(mem.total - mem.available) / MB,
+                            disk_read_mbs=read, disk_write_mbs=write, net_rx_mbs=rx, net_tx_mbs=tx, gpu_util=gpu_util,
+                            gpu_mem_used_mb=gpu_used, gpu_mem_total_mb=gpu_total, gpus=gpus, gpu_available=gpus is not None,
+                            network_scope="host", processes=len(psutil.pids()))

@@ -1,0 +1,108 @@
+"""The object store behind workspace snapshots: a local directory or any fsspec filesystem.
+
+Blocking calls (callers run them in a thread). Objects are written whole and appear atomically: by
+rename on a local disk, by a single PUT on object stores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from berth.ids import new_id
+
+
+class ObjectStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        path = self._path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{new_id()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, bytes(data))
+
+    def upload(self, key: str) -> Upload:
+        """An object written in parts as they arrive; it appears only on commit()."""
+        return Upload(self, key)
+
+    def get(self, key: str) -> bytes:
+        """Raises FileNotFoundError when the object is missing."""
+        return self.fs.cat_file(self._path(key))
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> bytes:
+        """The given (offset, length) ranges, concatenated; short when the object is truncated."""
+        opener = open if self.local else self.fs.open
+        with opener(self._path(key), "rb") as f:
+            parts = []
+            for offset, length in ranges:
+                f.seek(offset)
+                parts.append(f.read(length))
+        return b"".join(parts)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix` (recursive)."""
+        base = self._path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        root = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        return [p[len(root):] if p.startswith(root) else p for p in (self.fs._strip_protocol(f) for f in found)]
+
+
+class Upload:
+    def __init__(self, store: ObjectStore, key: str):
+        self.store, self.key = store, key
+        self.parts: list = []
+        self.file = None
+        if store.local:
+            self.path = store._path(key)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.tmp = f"{self.path}.tmp-{new_id()}"
+            self.file = open(self.tmp, "wb")
+
+    def write(self, parts: list) -> None:
+        if self.file is not None:
+            self.file.writelines(parts)
+        else:  # object stores take one PUT: keep the parts until commit
+            self.parts += parts
+
+    def commit(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.store.fs.pipe_file(self.store._path(self.key), b"".join(self.parts))
+            self.parts = []
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+        self.parts = []
