@@ -172,3 +172,16 @@ def test_berth_up_generates_and_prints_admin_password_once(tmp_path):
     password = outputs[0].split("with password:")[1].split()[0]
     assert len(password) >= 22
     assert password not in (tmp_path / "data" / "agent.log").read_text()
+
+
+def test_agent_posts_worker_host_metrics(own):
+    own.start_agent(queue="hostm", name="hostm")
+    worker = [w for w in own.api("GET", "/api/v1/workers") if w["name"] == "hostm"][0]
+    deadline = time.monotonic() + 60
+    data = {}
+    while time.monotonic() < deadline:
+        data = own.api("GET", f"/api/v1/workers/{worker['id']}/metrics")
+        if data["samples"] > 0:
+            break
+        time.sleep(2)
+    assert data["samples"] > 0 and data["series"]["cpu"]["mean"]

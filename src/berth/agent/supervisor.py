@@ -27,6 +27,7 @@ from berth.agent.backends import SessionHost, get_backend
 from berth.agent.console import Console
 from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server
 from berth.agent.sync import WorkspaceSync
+from berth.workspace.excludes import DEFAULT_EXCLUDES
 from berth.apps import SshSessionConfig
 from berth.client import BerthClient
 from berth.errors import BerthError, Conflict, SetupFailed
@@ -124,7 +125,7 @@ class Supervisor:
         max_gb = cfg.workspace_max_gb or self.agent.get("workspace_max_gb") or 50.0
         self.workspace_sync = WorkspaceSync(
             self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.agent.get("sync_minutes") or 10),
-            excludes=cfg.workspace_excludes or None, max_bytes=int(max_gb * 2**30), emit=c)
+            excludes=[*DEFAULT_EXCLUDES, *cfg.workspace_excludes], max_bytes=int(max_gb * 2**30), emit=c)
         if self.assignment.restored_from:  # before git, init script and SSH server: they see the restored files
             await self.workspace_sync.restore(self.assignment.restored_from, run_as.uid if self.host.system_user else None,
                                               run_as.gid if self.host.system_user else None)

@@ -73,14 +73,11 @@ class WorkspaceSync:
     async def restore(self, source_session_id: str, uid: int | None, gid: int | None) -> None:
         from berth.workspace.sync import restore_from_server
 
-        t0 = time.monotonic()
         info = await restore_from_server(self.client, source_session_id, self.workspace, uid=uid, gid=gid,
                                          emit=self._emit, state_dir=self.state_dir)
         if info is None:
             self.emit(f"workspace: session {source_session_id} has no stored workspace; starting with an empty one")
-        else:
-            self.emit(f"workspace: restored snapshot {info.id} of session {source_session_id} "
-                      f"({info.files} files, {_size(info.bytes_total)}) in {time.monotonic() - t0:.2f} s")
+        # else: the restore itself said what it restored
 
     async def sync(self, reason: str) -> bool:
         """Store the workspace now; False (and a console line) when it failed."""

@@ -198,6 +198,27 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_s)
 
+    async def host_metrics_loop(self, interval_s: float = 5.0, post_every_s: float = 30.0) -> None:
+        """Worker-level metrics (whole machine), posted in batches; kept while the server is away."""
+        from .monitor import HostSampler
+
+        sampler = HostSampler()
+        batch, last_post = [], asyncio.get_running_loop().time()
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval_s)
+            try:
+                batch.append(await asyncio.to_thread(sampler.sample))
+            except Exception:  # a sampling hiccup must not stop the agent
+                log.exception("host sampling failed")
+            if asyncio.get_running_loop().time() - last_post >= post_every_s and batch:
+                try:
+                    await self.client.post_worker_metrics(self.worker_id, batch[-1000:])
+                    batch, last_post = [], asyncio.get_running_loop().time()
+                except BerthError as exc:
+                    log.warning("posting host metrics failed: %s", exc.message)
+                    batch = batch[-720:]
+
     async def claim_loop(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
@@ -224,7 +245,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.claim_loop())]
+        tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.claim_loop()),
+                 asyncio.create_task(self.host_metrics_loop())]
         await self.stopping.wait()
         log.info("agent stopping; running sessions keep running and are re-adopted at the next start")
         for task in tasks:
