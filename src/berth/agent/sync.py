@@ -17,6 +17,7 @@ import logging
 
 from berth.client import BerthClient
 from berth.errors import BerthError
+from berth.workspace.sync import human
 
 log = logging.getLogger("berth.supervisor")
 
@@ -42,14 +43,6 @@ print(text)
 sys.exit(0 if text.startswith("ok") else 1)
 PY
 """
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class WorkspaceSync:
@@ -99,8 +92,8 @@ class WorkspaceSync:
                 self.emit(f"workspace: {reason} sync crashed, the previous snapshot is kept: {self.last_error}")
                 return False
             self.last_sync = time.monotonic()
-            self.emit(f"workspace: {reason} sync stored snapshot {info.id} ({info.files} files, {_size(info.bytes_total)}, "
-                      f"{_size(info.bytes_new)} new) in {time.monotonic() - t0:.2f} s")
+            self.emit(f"workspace: {reason} sync stored snapshot {info.id} ({info.files} files, {human(info.bytes_total)}, "
+                      f"{human(info.bytes_new)} new) in {time.monotonic() - t0:.2f} s")
             return True
 
     last_error: str | None = None
