@@ -20,24 +20,9 @@ from berth.errors import WorkspaceError
 from berth.workspace.api import WorkspaceApi
 from berth.workspace.format import RAW, build_pack, chunk_id
 from berth.workspace.sync import restore_from_server, restore_snapshot, snapshot_to_server
+from treeutil import tree_state
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            s = p.lstat()
-            rel = str(p.relative_to(root))
-            if stat.S_ISLNK(s.st_mode):
-                out[rel] = ("l", os.readlink(p), s.st_mtime_ns)
-            elif stat.S_ISDIR(s.st_mode):
-                out[rel] = ("d", stat.S_IMODE(s.st_mode), s.st_mtime_ns)
-            else:
-                out[rel] = ("f", stat.S_IMODE(s.st_mode), s.st_mtime_ns, p.read_bytes())
-    return out
 
 
 def make_tree(root: Path, random_mb: float = 0.2) -> Path:

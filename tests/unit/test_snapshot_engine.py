@@ -24,28 +24,12 @@ from berth.workspace import manifest as mf
 from berth.workspace.excludes import DEFAULT_EXCLUDES, Excludes
 from berth.workspace.local import LocalStore
 from berth.workspace.snapshot import ParentCache
+from treeutil import tree_state
 
 SMALL = {"chunk_size": 1024, "pack_size": 4096}  # many chunks and packs from small trees
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Everything a restore must keep: kind, permission bits, mtime, content or target (root excluded)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            s = p.lstat()
-            if stat.S_ISLNK(s.st_mode):
-                out[rel] = ("l", os.readlink(p), s.st_mtime_ns)
-            elif stat.S_ISDIR(s.st_mode):
-                out[rel] = ("d", stat.S_IMODE(s.st_mode), s.st_mtime_ns)
-            else:
-                out[rel] = ("f", stat.S_IMODE(s.st_mode), s.st_mtime_ns, p.read_bytes())
-    return out
-
 
 def rmtree(path: Path) -> None:
     for dirpath, dirnames, _ in os.walk(path):

@@ -49,6 +49,15 @@ class SnapshotInfo:
         return cls(view.id, view.session_id, view.created_at, view.files, view.bytes_total, view.bytes_new, bytes_sent)
 
 
+def as_workspace_error(what: str, exc: Exception) -> WorkspaceError:
+    """Every failure of a sync or restore as the one type callers catch, with a message naming the cause."""
+    if isinstance(exc, BerthError):
+        return WorkspaceError(f"workspace {what} failed: {exc.message}")
+    if isinstance(exc, OSError):
+        return WorkspaceError(f"workspace {what} failed: {exc.strerror or exc}")
+    return WorkspaceError(f"workspace {what} failed: {type(exc).__name__}: {exc}")
+
+
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -189,12 +198,8 @@ async def snapshot_to_server(client: BerthClient, session_id: str, root: Path, *
             return await _sync_once(api, state, Path(root), None, parent_id, Path(state_dir), excludes, max_bytes, say, progress)
     except WorkspaceError:
         raise
-    except BerthError as exc:
-        raise WorkspaceError(f"workspace sync failed: {exc.message}") from exc
-    except OSError as exc:
-        raise WorkspaceError(f"workspace sync failed: {exc.strerror or exc}") from exc
     except Exception as exc:  # the supervisor catches one type; the cause stays chained
-        raise WorkspaceError(f"workspace sync failed: {type(exc).__name__}: {exc}") from exc
+        raise as_workspace_error("sync", exc) from exc
     finally:
         api.close()
 
@@ -224,12 +229,8 @@ async def restore_snapshot(client: BerthClient, snapshot_id: str, dest: Path, *,
             await asyncio.to_thread(cache.save, Path(state_dir))
     except WorkspaceError:
         raise
-    except BerthError as exc:
-        raise WorkspaceError(f"workspace restore failed: {exc.message}") from exc
-    except OSError as exc:
-        raise WorkspaceError(f"workspace restore failed: {exc.strerror or exc}") from exc
-    except Exception as exc:
-        raise WorkspaceError(f"workspace restore failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the supervisor catches one type; the cause stays chained
+        raise as_workspace_error("restore", exc) from exc
     finally:
         api.close()
     emit(f"workspace: restored snapshot {view.id} of session {view.session_id}: {result.files} files, "
