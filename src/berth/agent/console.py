@@ -27,6 +27,8 @@ class Console:
         self._flush_every = flush_every
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # One flush at a time: two overlapping posts could land out of order and scramble the console.
+        self._flushing = asyncio.Lock()
 
     def redact(self, text: str) -> str:
         """Last line of defence: no secret reaches the console, whatever printed it."""
@@ -58,6 +60,10 @@ class Console:
             await self.flush()
 
     async def flush(self) -> None:
+        async with self._flushing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:500], self._pending[500:]
             try:
