@@ -88,12 +88,12 @@ class Stack:
         wait_http(self.url + "/healthz", self.server)
 
     def start_agent(self, *, queue: str = "default", name: str = "agent", user: str | None = None,
-                    data_dir: Path | None = None) -> subprocess.Popen:
+                    data_dir: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
         if data_dir is None and user:  # another user cannot reach pytest's private temp dirs
             data_dir = Path(tempfile.mkdtemp(prefix=f"berth-agent-{name}-", dir="/var/tmp"))
             self.cleanup.append(data_dir)
         data_dir = data_dir or self.tmp / f"agent-{name}"
-        env = dict(os.environ, BERTH_AGENT_TOKEN=self.agent_token, BERTH_AGENT_HEARTBEAT_S="1")
+        env = dict(os.environ, BERTH_AGENT_TOKEN=self.agent_token, BERTH_AGENT_HEARTBEAT_S="1", **(env or {}))
         cmd = [BERTH, "agent", "--server", self.url, "--queue", queue, "--data-dir", str(data_dir), "--name", name]
         if user:
             data_dir.mkdir(parents=True, exist_ok=True)

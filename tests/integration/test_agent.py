@@ -175,7 +175,8 @@ def test_berth_up_generates_and_prints_admin_password_once(tmp_path):
 
 
 def test_agent_posts_worker_host_metrics(own):
-    own.start_agent(queue="hostm", name="hostm")
+    own.start_agent(queue="hostm", name="hostm",
+                    env={"BERTH_AGENT_HOST_METRICS_SAMPLE_S": "0.5", "BERTH_AGENT_HOST_METRICS_POST_S": "1"})
     worker = [w for w in own.api("GET", "/api/v1/workers") if w["name"] == "hostm"][0]
     deadline = time.monotonic() + 60
     data = {}
@@ -183,5 +184,5 @@ def test_agent_posts_worker_host_metrics(own):
         data = own.api("GET", f"/api/v1/workers/{worker['id']}/metrics")
         if data["samples"] > 0:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert data["samples"] > 0 and data["series"]["cpu"]["mean"]

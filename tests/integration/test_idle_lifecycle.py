@@ -65,6 +65,8 @@ def test_idle_rules_end_to_end(idle_stack):
     abandoned = launch(s)
     typing = launch(s)
     honoured = launch(s, "--idle-cpu", "95")
+    extended = launch(s)  # extended well past the limit: it must outlive the others' shutdowns
+    s.cli("sessions", "extend", extended["id"], "--hours", "0.05")
     # busy: a training-like process keeps it alive; honoured: the same load is under its 95% threshold
     for view in (busy, honoured):
         assert openssh(view, "setsid nohup python3 -c 'while True: pass' >/dev/null 2>&1 < /dev/null &").returncode == 0
@@ -93,22 +95,16 @@ def test_idle_rules_end_to_end(idle_stack):
     assert any(r.startswith("cpu ") for r in view["kept_alive_by"] or []), view
     # the threshold from the config was honoured: a busy process under it did not keep the session
     s.wait_status(honoured["id"], "stopped", timeout=30)
+    # `sessions extend` pushed the shutdown back: idle as long as the abandoned one, still running
+    view = s.api("GET", f"/api/v1/sessions/{extended['id']}")
+    assert view["status"] in ("active", "idle") and view["idle_extended_until"], view
     # and the abandoned session's workspace is restorable
     again = launch(s, "--restore-session", abandoned["id"], "--max-idle-hours", "1")
     try:
         assert openssh(again, "cat ~/ws/kept.txt").stdout.strip() == "before-idle"
     finally:
-        for view in (again, busy, typing):
+        for view in (again, busy, typing, extended):
             s.cli("sessions", "stop", view["id"])
-
-
-def test_extend_pushes_the_shutdown_back(idle_stack):
-    s = idle_stack
-    view = launch(s)
-    s.cli("sessions", "extend", view["id"], "--hours", "0.01")
-    time.sleep(30)  # past the 21.6 s limit
-    assert s.api("GET", f"/api/v1/sessions/{view['id']}")["status"] in ("active", "idle")
-    s.cli("sessions", "stop", view["id"])
 
 
 def test_metrics_of_a_real_session(idle_stack):

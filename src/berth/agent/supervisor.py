@@ -198,7 +198,9 @@ class Supervisor:
                                           # short limits must still show "idle" before they end
                                           idle_status_after_s=min(60.0, self.config.max_idle_hours * 360))
         self.watchdog = SessionWatchdog(self.client, self.id, self.sampler, tracker,
-                                        console=self.console, report=self._report_idle, builtin=builtin)
+                                        console=self.console, report=self._report_idle, builtin=builtin,
+                                        interval_s=self.agent.get("metrics_sample_s", 2.0),
+                                        post_every_s=self.agent.get("metrics_post_s", 10.0))
         self.watchdog.extend_until(self.known_extend)
 
         async def run() -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger("berth.monitor")
 class SessionWatchdog:
     def __init__(self, client: BerthClient, session_id: str, sampler: SessionSampler, tracker: IdleTracker, *,
                  console: Callable[[str], None], report: Callable[[IdleState], Awaitable[Any]],
-                 builtin: Any = None, interval_s: float = DEFAULT_INTERVAL_S, post_every_s: float = 30.0,
+                 builtin: Any = None, interval_s: float = DEFAULT_INTERVAL_S, post_every_s: float = 10.0,
                  report_every_s: float = 30.0, max_buffer: int = 3600):
         self.client, self.id, self.sampler, self.tracker = client, session_id, sampler, tracker
         self.console, self.report, self.builtin = console, report, builtin

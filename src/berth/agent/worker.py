@@ -128,7 +128,8 @@ class Agent:
         agent = {"server": self.settings.server, "backend": self.settings.backend, "homes_dir": str(self.settings.homes_dir),
                  "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python,
                  "sync_minutes": self.settings.sync_minutes, "workspace_max_gb": self.settings.workspace_max_gb,
-                 "idle_input_window_s": self.settings.idle_input_window_s, "idle_warn_before_s": self.settings.idle_warn_before_s}
+                 "idle_input_window_s": self.settings.idle_input_window_s, "idle_warn_before_s": self.settings.idle_warn_before_s,
+                 "metrics_sample_s": self.settings.metrics_sample_s, "metrics_post_s": self.settings.metrics_post_s}
         _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
                                                        "password": new_password()})
         _write_private(session_dir / SECRETS_FILE, secrets)
@@ -246,7 +247,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.claim_loop()),
-                 asyncio.create_task(self.host_metrics_loop())]
+                 asyncio.create_task(self.host_metrics_loop(self.settings.host_metrics_sample_s, self.settings.host_metrics_post_s))]
         await self.stopping.wait()
         log.info("agent stopping; running sessions keep running and are re-adopted at the next start")
         for task in tasks:

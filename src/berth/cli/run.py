@@ -23,9 +23,16 @@ def _serve(settings) -> None:
 
     from berth.server.app import create_app
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            app.state.notifier.close()  # long polls answer at once instead of holding the shutdown
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     def _term_as_interrupt(signum, frame):  # uvicorn re-raises SIGTERM after its clean shutdown: end like Ctrl-C
         raise KeyboardInterrupt

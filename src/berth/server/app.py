@@ -45,7 +45,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.resolved_database_url())
+        engine = make_engine(settings.resolved_database_url(), pool_size=settings.db_pool_size,
+                             max_overflow=settings.db_max_overflow, pre_ping=settings.db_pool_pre_ping)
         await migrate(engine)
         app.state.sessionmaker = sessionmaker(engine)
         async with app.state.sessionmaker() as db:

@@ -17,6 +17,12 @@ T = TypeVar("T")
 class Notifier:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """The server is shutting down: held requests answer now (as if their wait ran out), so the
+        graceful shutdown is not spent waiting on them and nothing is cancelled mid-request."""
+        self._closing.set()
 
     def notify(self, topic: str) -> None:
         event = self._events.pop(topic, None)
@@ -31,9 +37,9 @@ class Notifier:
             if result is not None:
                 return result
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._closing.is_set():
                 return None
-            waiters = [self._events.setdefault(t, asyncio.Event()) for t in topics]
+            waiters = [self._closing, *(self._events.setdefault(t, asyncio.Event()) for t in topics)]
             tasks = [asyncio.ensure_future(w.wait()) for w in waiters]
             try:
                 await asyncio.wait(tasks, timeout=min(poll_interval, left), return_when=asyncio.FIRST_COMPLETED)
