@@ -137,6 +137,22 @@ class Stack:
             shutil.rmtree(path, ignore_errors=True)
 
     # --- helpers -------------------------------------------------------------------------------
+    def sql(self, query: str) -> list[tuple]:
+        """Rows straight from the server's database (SQLite file or PostgreSQL), bypassing the API."""
+        if self.database_url:
+            import psycopg
+            from pg import to_libpq_url
+
+            with psycopg.connect(to_libpq_url(self.database_url)) as conn:
+                return conn.execute(query).fetchall()
+        import sqlite3
+
+        conn = sqlite3.connect(self.tmp / "data" / "berth.db")
+        try:
+            return conn.execute(query).fetchall()
+        finally:
+            conn.close()
+
     def env(self, **extra) -> dict:
         env = dict(os.environ, HOME=str(self.home), BERTH_HOME=str(self.home / ".berth"))
         env.pop("BERTH_SERVER", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,8 @@ class ServerSettings(BaseSettings):
     port: int = Field(8470, description="Port the server listens on.")
     public_url: str | None = Field(None, description="URL users and agents reach the server at; defaults to http://HOST:PORT.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under data_dir when unset, e.g. postgresql+psycopg://user:pw@host/db.")
+    secret_key: SecretStr | None = Field(None, description="Key that seals stored secrets (SSH passwords, launch credentials); "
+                                         "when unset, data_dir/secret.key is created. Replicas must share it.")
     db_pool_size: int = Field(20, ge=1, description="PostgreSQL: connections kept open; more than the requests usually in flight, so none is opened per request.")
     db_max_overflow: int = Field(20, ge=0, description="PostgreSQL: extra connections opened under bursts and closed after use.")
     db_pool_pre_ping: bool = Field(False, description="PostgreSQL: test each connection before use (one more round trip per request). "

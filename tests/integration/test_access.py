@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -93,3 +95,15 @@ def test_token_shown_once_hashed_and_revocable(server_only):
     db = (server_only.tmp / "data" / "berth.db")
     if db.exists():  # SQLite run: the secret itself is nowhere in the database file
         assert secret.encode() not in db.read_bytes()
+
+
+def test_launch_credentials_are_sealed_in_the_database(server_only, tmp_path):
+    token_file = tmp_path / "git-token"
+    token_file.write_text("ghp_berthTestSecretToken123\n")
+    view = server_only.cli_json("launch", "ssh-session", "--git-repo", "https://example.com/private.git",
+                                "--git-token-file", str(token_file))
+    (stored,), = server_only.sql(f"SELECT secrets FROM sessions WHERE id = '{view['id']}'")
+    stored = stored if isinstance(stored, str) else json.dumps(stored)
+    assert "ghp_berthTestSecretToken123" not in stored
+    assert "sealed:v1:" in stored
+    server_only.cli("sessions", "stop", view["id"])

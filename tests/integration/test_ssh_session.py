@@ -53,6 +53,15 @@ def test_show_matches_launch(stack, active):
     assert shown["id"] == active["id"]
 
 
+def test_ssh_password_is_sealed_in_the_database(stack, active):
+    (stored,), = stack.sql(f"SELECT ssh FROM sessions WHERE id = '{active['id']}'")
+    stored = stored if isinstance(stored, str) else json.dumps(stored)
+    assert active["ssh"]["password"] not in stored
+    assert "sealed:v1:" in stored
+    key_file = stack.tmp / "data" / "secret.key"
+    assert key_file.stat().st_mode & 0o077 == 0, "the generated key is private to the server's user"
+
+
 def test_openssh_login_lands_in_workspace_with_venv(active):
     result = openssh(active, "pwd; which python; echo $BERTH_SESSION_ID; id -un")
     assert result.returncode == 0, result.stderr

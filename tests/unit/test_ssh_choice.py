@@ -146,3 +146,18 @@ def test_spec_repr_hides_password(tmp_path):
     spec = ssh.SshServerSpec(kind="builtin", run_dir=tmp_path, home=tmp_path, user="u", password="s3cret",
                              authorized_keys=[], shell_wrapper=tmp_path / "w")
     assert "s3cret" not in repr(spec)
+
+
+def test_signals_ignored_by_whoever_started_the_agent_are_not_passed_on(tmp_path):
+    """Under `nohup` SIGHUP arrives ignored; session shells must still be able to get (and trap) it."""
+    import subprocess
+    import sys
+
+    probe = ("import signal, subprocess\n"
+             "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+             "from berth.agent.ssh import undo_inherited_signal_ignores\n"
+             "undo_inherited_signal_ignores()\n"
+             "print(subprocess.run(['bash', '-c', 'trap \"echo trapped\" HUP; kill -HUP $$; echo after'],"
+             " capture_output=True, text=True).stdout)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["trapped", "after"], out.stderr

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import asyncssh
 import psutil
 
-from berth.agent.ssh import SshServer, kill_tree
+from berth.agent.ssh import SshServer, kill_tree, undo_inherited_signal_ignores
 from berth.errors import SetupFailed
 
 if TYPE_CHECKING:
@@ -446,6 +446,7 @@ class BuiltinSshd:
 
 
 async def start_builtin(spec: SshServerSpec, log: Callable[[str], None]) -> SshServer:
+    undo_inherited_signal_ignores()
     server = BuiltinSshd(spec)
     port, host_key = await server.start()
     log(f"built-in SSH server listening on {spec.bind_host}:{port}")

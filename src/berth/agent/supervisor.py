@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from berth.agent import environment as env
 from berth.agent.backends import SessionHost, get_backend
 from berth.agent.console import Console
-from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server
+from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server, undo_inherited_signal_ignores
 from berth.agent.sync import WorkspaceSync
 from berth.workspace.excludes import DEFAULT_EXCLUDES
 from berth.apps import SshSessionConfig
@@ -332,6 +332,7 @@ def _remove(path: Path) -> None:
 
 def run_in_this_process(session_dir: str | Path) -> int:
     session_dir = Path(session_dir)
+    undo_inherited_signal_ignores()  # init scripts and session shells get default dispositions, as under sshd
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (session_dir / PID_FILE).write_text(str(os.getpid()))

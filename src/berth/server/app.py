@@ -21,6 +21,7 @@ from .db.models import utcnow
 from .services import accounts, workers
 from .services import metrics as metrics_svc
 from .services.notify import Notifier
+from .services.secretbox import SecretBox
 
 log = logging.getLogger("berth.server")
 
@@ -48,7 +49,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         engine = make_engine(settings.resolved_database_url(), pool_size=settings.db_pool_size,
                              max_overflow=settings.db_max_overflow, pre_ping=settings.db_pool_pre_ping)
         await migrate(engine)
-        app.state.sessionmaker = sessionmaker(engine)
+        secret_box = SecretBox.from_settings(settings.secret_key.get_secret_value() if settings.secret_key else None,
+                                             settings.data_dir)
+        app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box})
         async with app.state.sessionmaker() as db:
             generated = await accounts.bootstrap(db, settings.admin_password)
             await db.commit()

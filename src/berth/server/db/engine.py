@@ -30,8 +30,9 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_pi
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=pre_ping, pool_recycle=1800)
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def sessionmaker(engine: AsyncEngine, info: dict | None = None) -> async_sessionmaker:
+    """`info` reaches every database session as `db.info` (the app puts its secret box there)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info or {})
 
 
 def _alembic_config(connection=None):

@@ -10,11 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps import export_document, validate_config
-from berth.errors import Conflict, InvalidInput, NotFound
+from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.schemas import App, LastSnapshot, LaunchRequest, Links, Role, SessionStatus, SessionView, SshInfo, SupervisorStatus
 from berth.server.db.models import Project, Queue, Session, SessionEvent, Snapshot, User, Worker, utcnow
 
-from . import accounts, security
+from . import accounts, secretbox, security
 
 log = logging.getLogger("berth.server")
 
@@ -70,7 +70,7 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
     row = Session(
         id=session_id, app=request.app.value, name=config.name or f"{request.app.value}-{session_id[:6]}",
         project_id=project.id, owner_id=user.id, queue_id=queue.id, tags=config.tags,
-        config=config.model_dump(mode="json"), secrets=request.secrets.model_dump(exclude_none=True),
+        config=config.model_dump(mode="json"), secrets=secretbox.box(db).seal_values(request.secrets.model_dump(exclude_none=True)),
         status=SessionStatus.queued.value, restored_from=config.restore_session,
     )
     db.add(row)
@@ -85,7 +85,7 @@ async def view(db: AsyncSession, row: Session) -> SessionView:
     queue = await db.get(Queue, row.queue_id)
     worker = await db.get(Worker, row.worker_id) if row.worker_id else None
     status = SessionStatus(row.status)
-    ssh = SshInfo.model_validate(row.ssh) if row.ssh and status.is_running else None
+    ssh = _open_ssh(db, row) if row.ssh and status.is_running else None
     return SessionView(
         id=row.id, app=App(row.app), name=row.name, project=project.name, tags=list(row.tags or []), queue=queue.name,
         status=status, dashboard_status=status.dashboard, idle_seconds=row.idle_seconds if status == SessionStatus.idle else 0.0,
@@ -95,6 +95,16 @@ async def view(db: AsyncSession, row: Session) -> SessionView:
         last_snapshot=await _last_snapshot(db, row.id),
         kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
     )
+
+
+def _open_ssh(db: AsyncSession, row: Session) -> SshInfo:
+    ssh = dict(row.ssh)
+    try:
+        ssh["password"] = secretbox.box(db).open(ssh["password"])
+    except BerthError as exc:  # the connection details stay useful; the key mismatch goes to the log
+        log.error("session %s: %s", row.id, exc.log_message)
+        ssh["password"] = "(unavailable: see the server log)"
+    return SshInfo.model_validate(ssh)
 
 
 async def _last_snapshot(db: AsyncSession, session_id: str) -> LastSnapshot | None:
@@ -180,7 +190,7 @@ async def supervisor_report(db: AsyncSession, row: Session, report: SupervisorSt
     if new != current and new != SessionStatus.failed and new not in _ALLOWED.get(current, set()):
         raise Conflict(f"session {row.id}: {current.value} -> {new.value} is not a valid transition")
     if report.ssh is not None:
-        row.ssh = report.ssh.model_dump()
+        row.ssh = {**report.ssh.model_dump(), "password": secretbox.box(db).seal(report.ssh.password)}
     if report.idle_seconds is not None:
         row.idle_seconds = report.idle_seconds
     if report.kept_alive_by is not None:

@@ -12,7 +12,7 @@ from berth.errors import NotFound
 from berth.schemas import Assignment, LaunchSecrets, SessionStatus, WorkerRegister, WorkerStatus
 from berth.server.db.models import Queue, Session, User, Worker, utcnow
 
-from . import security
+from . import secretbox, security
 from .sessions import add_event
 
 log = logging.getLogger("berth.server")
@@ -72,7 +72,7 @@ async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
         owner = await db.get(User, row.owner_id)
         await add_event(db, sid, f"status: starting on worker {worker.name!r}")
         return Assignment(session_id=sid, session_token=token, app=row.app, config=row.config,
-                          secrets=LaunchSecrets.model_validate(row.secrets or {}), owner=owner.username,
+                          secrets=LaunchSecrets.model_validate(secretbox.box(db).open_values(row.secrets or {})), owner=owner.username,
                           owner_ssh_keys=list(owner.ssh_keys or []), restored_from=row.restored_from)
     return None
 
