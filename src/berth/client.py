@@ -20,7 +20,10 @@ class BerthClient:
         self.server = server.rstrip("/")
         self.token = token  # also used by berth.workspace.transfer for bulk bytes
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=self.server, headers=headers, timeout=timeout)
+        # Loading the CA bundle costs ~50 ms per client (every CLI command, every supervisor): only for https.
+        # Redirects are not followed, so a plain-http client never talks TLS.
+        verify = self.server.startswith("https://")
+        self._http = httpx.AsyncClient(base_url=self.server, headers=headers, timeout=timeout, verify=verify)
 
     async def __aenter__(self) -> BerthClient:
         return self

@@ -5,16 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from berth.client import BerthClient
-from berth.workspace.api import WorkspaceApi
-from berth.workspace.schemas import SnapshotView
-from berth.workspace.sync import SnapshotInfo, human, restore_snapshot
+
+# The snapshot engine (zstandard, thread pools) is imported by the commands that use it: every other
+# `berth` command starts ~0.1 s sooner.
+if TYPE_CHECKING:
+    from berth.workspace.schemas import SnapshotView
+    from berth.workspace.sync import SnapshotInfo
 
 from .common import err, fail, out, print_json, run
 from .render import ago
@@ -30,6 +33,9 @@ def list_(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Snapshots you can see, newest first: id, session, time, files, size, bytes new."""
+
+    from berth.workspace.api import WorkspaceApi
+    from berth.workspace.sync import human
 
     async def go(c: BerthClient) -> list[SnapshotView]:
         api = WorkspaceApi(c)
@@ -83,6 +89,8 @@ def download(snapshot: str = typer.Argument(..., help="Snapshot id (see `berth w
     """Restore a snapshot into a local directory: contents, modes, symlinks, empty directories, mtimes."""
     if directory.is_symlink() or (directory.exists() and (not directory.is_dir() or any(directory.iterdir()))):
         fail(f"{directory} must be a new or empty directory")
+    from berth.workspace.sync import human, restore_snapshot
+
     progress = _LazyProgress()
 
     async def go(c: BerthClient) -> SnapshotInfo:
