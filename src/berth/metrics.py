@@ -52,7 +52,8 @@ class MetricSample(BaseModel):
     gpus: list[GpuSample] | None = Field(None, description="Per GPU; null when NVML is not available")
     gpu_available: bool = Field(False, description="NVML answered (false: no GPU, no driver, or no library)")
     network_scope: Literal["host", "session"] = Field(
-        "host", description="host: the worker's interfaces (loopback excluded); the process backend has no per-session network")
+        "host", description="session: the session's own TCP traffic (its sockets, loopback peers excluded); "
+                            "host: the worker's interfaces (loopback excluded), where per-session figures are not available")
     processes: int | None = Field(None, ge=0, description="How many processes the sample covers")
 
     def points(self) -> int:
@@ -91,7 +92,7 @@ class MetricsView(BaseModel):
     n: list[int] = Field(default_factory=list, description="Samples per bucket, aligned with t")
     series: dict[str, Series]
     latest: MetricSample | None = Field(None, description="The newest sample in the range, with per-GPU detail")
-    network_scope: str = "host"
+    network_scope: str = Field("host", description="network_scope of the newest sample in the range")
 
 
 class ExtendRequest(BaseModel):

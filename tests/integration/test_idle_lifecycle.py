@@ -126,6 +126,7 @@ def test_metrics_of_a_real_session(idle_stack):
         text = json.dumps(data)
         for series in ("cpu", "mem_mb", "disk_read_mbs", "disk_write_mbs", "net_rx_mbs", "net_tx_mbs"):
             assert series in text, series
+        assert data["network_scope"] == "session", "the session's own traffic, not the worker's"
         table = s.cli("sessions", "metrics", view["id"]).stdout
         assert "CPU" in table and "memory" in table
     finally:

@@ -184,6 +184,77 @@ def test_socket_bytes_above_the_threshold_count_as_input():
             s.close()
 
 
+def _host_address() -> str | None:
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+DOWNLOAD = ("import socket, sys, time\n"
+            "c = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+            "t = time.time()\n"
+            "while time.time() - t < 30 and c.recv(1 << 16): pass\n")
+
+
+def test_session_network_is_its_own_tcp_traffic(spawn):
+    """A session's download shows in its own network figures, not in another session's; loopback is not
+    traffic. The sending end lives in this (non-session) process."""
+    import threading
+
+    host = _host_address()
+    if host is None:
+        pytest.skip("no non-loopback IPv4 address on this host to move traffic over")
+    downloader, bystander = sid(), sid()
+    server = socket.create_server((host, 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not stop.is_set():
+                conn.sendall(b"d" * (1 << 16))
+                time.sleep(0.002)  # ~30 MB/s at most
+
+    threading.Thread(target=serve, daemon=True).start()
+    spawn(SLEEP, bystander)
+    a, b = SessionSampler(downloader, gpus=False, socket_interval_s=0.5), SessionSampler(bystander, gpus=False, socket_interval_s=0.5)
+    try:
+        spawn(["python3", "-c", DOWNLOAD, host, str(server.getsockname()[1])], downloader)
+        time.sleep(0.5)
+        a.sample(), b.sample()  # baselines
+        time.sleep(1.2)
+        got, other = a.sample(), b.sample()
+    finally:
+        stop.set()
+        server.close()
+    assert got.network_scope == "session" and other.network_scope == "session"
+    assert got.net_rx_mbs > 1.0, got
+    assert got.net_tx_mbs < 0.5, got  # acknowledgements are not payload
+    assert other.net_rx_mbs == 0 and other.net_tx_mbs == 0, other
+
+
+def test_ss_output_is_parsed_with_owner_and_counters():
+    from berth.agent.netsockets import parse_ss
+
+    text = ("0 0 10.0.0.5:41234 93.184.216.34:443 uid:1001 ino:5555 sk:1 cgroup:/ <->\n"
+            "\t ts sack cubic bytes_sent:900 bytes_acked:800 bytes_received:123456 segs_out:9\n"
+            "0 0 127.0.0.1:5000 127.0.0.1:41000 ino:6666 sk:2 <->\n"
+            "\t bytes_acked:10 bytes_received:20\n"
+            "0 0 [::1]:22 [::1]:50000 ino:7777 sk:3 <->\n"
+            "ESTAB 0 0 [2001:db8::1]:22 [2001:db8::2]:50000 ino:8888 sk:4 <->\n"
+            "TIME-WAIT 0 0 127.0.0.1:39320 127.0.0.1:43983 timer:(timewait,24sec,0) ino:0 sk:102f\n")
+    a, b, c, d = parse_ss(text)
+    assert (a.local, a.peer, a.uid, a.ino, a.received, a.acked) == ("10.0.0.5:41234", "93.184.216.34:443", 1001, 5555, 123456, 800)
+    assert a.local_port == 41234 and not a.loopback_peer
+    assert b.uid == 0 and b.loopback_peer and (b.received, b.acked) == (20, 10)
+    assert c.loopback_peer and c.local_port == 22 and c.received == 0
+    assert not d.loopback_peer
+
+
 def _cpu() -> float:
     t = os.times()  # children too: `ss` runs as a child
     return t.user + t.system + t.children_user + t.children_system
@@ -206,7 +277,7 @@ def test_sampler_cost_is_under_one_percent_of_a_core(spawn):
             sampler.sample()
             sampler.last_input_at()
         per_round = (_cpu() - c0) / n
-        sampler.sockets.min_interval_s = 3600  # now without ss
+        sampler.tcp.min_interval_s = 3600  # now without ss
         c0 = _cpu()
         for _ in range(n):
             sampler.sample()

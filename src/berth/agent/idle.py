@@ -5,7 +5,7 @@ Pure logic over samples (``berth.agent.monitor``) so that every rule is unit-tes
 
 A session is kept alive, at one update, by any of:
   * CPU above ``cpu_threshold`` (% of one core, summed over its processes);
-  * network above ``net_threshold_mb`` MB/s (received + sent; host-level with the process backend);
+  * network above ``net_threshold_mb`` MB/s (received + sent: the session's own TCP traffic, or the host's where ``ss`` is missing);
   * any GPU above ``gpu_threshold`` %: the session's own share when NVML reports it, else the device's;
   * user input less than ``input_window_s`` ago (terminal keystrokes, built-in server data, SSH socket bytes).
 The window exists because tty atimes move at most every 8 s and samples come every 2 s; it must exceed both.

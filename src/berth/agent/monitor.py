@@ -7,29 +7,27 @@ Session figures (see ``berth.metrics`` for units):
     processes that lived and ended between two samples is counted too: it shows up in the reaping
     parent's cutime/cstime (a short compiler run under `make` is not lost).
   * memory: RSS summed; disk: /proc/PID/io read_bytes/write_bytes rates (storage I/O, not page cache hits).
-  * network: host-level (all interfaces but loopback); the process backend has no per-session network
-    namespace, so the sample says ``network_scope: "host"``.
+  * network: the session's own TCP traffic (``netsockets.SessionNetwork``: bytes on the sockets its
+    processes hold, loopback peers excluded, averaged over 10 s), ``network_scope: "session"``; where
+    ``ss`` cannot run, the host's interfaces (loopback excluded) and ``network_scope: "host"``.
   * GPU: NVML per device, plus the session's share where the driver reports per-process use.
 
 User input (``last_input_at``), the evidence that a person is there:
   (a) the atime of each pty the session's processes have as controlling terminal: the kernel updates it
       when a process reads input from the terminal, i.e. on keystrokes (coarsely: at most every 8 s);
   (b) ``note_input()``, a hook for the built-in SSH server, called when a client sends channel data;
-  (c) optionally, bytes received on the SSH server's port (``ss``), for non-pty connections such as VS
-      Code Remote; deltas below ``socket_threshold_bytes`` per poll (keepalives) do not count.
+  (c) bytes received on the SSH server's port (``ss``), for non-pty connections such as VS Code Remote;
+      deltas below ``socket_threshold_bytes`` per poll (keepalives) do not count.
 An SSH connection left open with no input moves none of these.
 
 Cost: a sample reads /proc/PID/{stat,io} of the session's processes and inspects each new pid once; a
-session of a few processes costs ~0.1 % of a core at one sample per 2 s, ``ss`` (input (c), every 10 s)
-another ~0.15 % (tests/unit/test_monitor.py, bench/metrics.py).
+session of a few processes costs ~0.1 % of a core at one sample per 2 s, ``ss`` (network and input (c),
+one run every 10 s) another ~0.15 % (tests/unit/test_monitor.py, bench/metrics.py).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -39,12 +37,12 @@ import psutil
 from berth.metrics import MetricSample
 
 from .gpus import GpuReader, summarize
+from .netsockets import SessionNetwork, TcpTable
 from .proctable import CLK_TCK, ProcessTable, ProcStat, Scope, read_io
 
 MB = 1_000_000
 DEFAULT_INTERVAL_S = 2.0
 SOCKET_INPUT_BYTES = 2048  # per poll: an OpenSSH keepalive is ~100 bytes, typing a word is more
-_BYTES_RECEIVED = re.compile(r"bytes_received:(\d+)")
 _gpu_reader: GpuReader | None = None
 
 
@@ -85,51 +83,38 @@ class NetCounter:
 
 
 class SocketActivity:
-    """Bytes clients sent to the SSH server's ports, from ``ss`` (optional input signal (c)).
+    """Bytes clients sent to the SSH server's ports (optional input signal (c)), from the shared TCP table
+    (``netsockets.TcpTable``: one ``ss`` run per poll interval; the input window of the idle rules, 60 s,
+    is much longer than its 10 s)."""
 
-    Running ``ss`` costs ~15 ms of CPU, so it runs at most every ``min_interval_s`` (0.15 % of a core at
-    10 s); the input window of the idle rules (60 s) is much longer than that."""
-
-    def __init__(self, ports: Iterable[int], threshold_bytes: int = SOCKET_INPUT_BYTES, min_interval_s: float = 10.0):
-        self.ports = sorted(set(ports))
+    def __init__(self, ports: Iterable[int], threshold_bytes: int = SOCKET_INPUT_BYTES, min_interval_s: float = 10.0,
+                 table: TcpTable | None = None):
+        self.ports = frozenset(ports)
         self.threshold = threshold_bytes
-        self.min_interval_s = min_interval_s
-        self._ss = shutil.which("ss") or ("/usr/bin/ss" if os.path.exists("/usr/bin/ss") else None)
+        self.table = table or TcpTable(min_interval_s)
         self._seen: dict[tuple[str, str], int] | None = None
-        self._polled = float("-inf")
+        self._read_at = float("-inf")
         self.last_at: float | None = None
+
+    @property
+    def min_interval_s(self) -> float:
+        return self.table.min_interval_s
 
     def poll(self) -> float | None:
         """Time of the last poll that saw more than the threshold arrive; None when never (or no `ss`)."""
-        if not self.ports or self._ss is None or time.monotonic() - self._polled < self.min_interval_s:
+        if not self.ports:
             return self.last_at
-        self._polled = time.monotonic()
-        current = self._read()
-        if current is None:
+        sockets, read_at, _fresh = self.table.poll()
+        if sockets is None or read_at == self._read_at:
             return self.last_at
+        self._read_at = read_at
+        current = {(s.local, s.peer): s.received for s in sockets if s.local_port in self.ports}
         if self._seen is not None:  # the first poll only learns the baseline
             received = sum(n - self._seen.get(key, 0) for key, n in current.items() if n >= self._seen.get(key, 0))
             if received >= self.threshold:
                 self.last_at = time.time()
         self._seen = current
         return self.last_at
-
-    def _read(self) -> dict[tuple[str, str], int] | None:
-        ports = " or ".join(f"sport = :{p}" for p in self.ports)
-        try:
-            out = subprocess.run([self._ss, "-tinH", "state", "established", f"( {ports} )"], capture_output=True,
-                                 text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        found: dict[tuple[str, str], int] = {}
-        key: tuple[str, str] | None = None
-        for line in out.splitlines():
-            if line and not line[0].isspace():
-                parts = line.split()
-                key = (parts[-2], parts[-1]) if len(parts) >= 2 else None
-            elif key is not None and (m := _BYTES_RECEIVED.search(line)):
-                found[key] = int(m.group(1))
-        return found
 
 
 class SessionSampler:
@@ -147,8 +132,10 @@ class SessionSampler:
         self.session_id = session_id
         self.table = ProcessTable(scope)
         self.gpus = shared_gpu_reader() if gpus is True else (gpus or None)
-        self.sockets = SocketActivity(ssh_ports, socket_threshold_bytes, socket_interval_s)
-        self._net = NetCounter()
+        self.tcp = TcpTable(socket_interval_s)
+        self.sockets = SocketActivity(ssh_ports, socket_threshold_bytes, table=self.tcp)
+        self.session_net = SessionNetwork(self.tcp, uid)
+        self._net = NetCounter()  # the host's, when `ss` is missing
         self._input_at: float | None = None
         self._ttys: set[str] = set()
         self._pids: set[int] = set()
@@ -172,7 +159,7 @@ class SessionSampler:
 
     def set_ssh_ports(self, ports: Iterable[int]) -> None:
         """Watch these ports for input (c) from now on (the SSH server's port is known after setup)."""
-        self.sockets = SocketActivity(ports, self.sockets.threshold, self.sockets.min_interval_s)
+        self.sockets = SocketActivity(ports, self.sockets.threshold, table=self.tcp)
 
     @property
     def pids(self) -> set[int]:
@@ -237,7 +224,10 @@ class SessionSampler:
             elif members[pid].start >= self._prev_ticks:
                 read_b, write_b = read_b + r, write_b + w
         cpu_ticks = self._cpu_ticks(members)
-        rx, tx = self._net.rates()
+        if self.session_net.available:
+            scope, (rx, tx) = "session", self.session_net.rates(members)
+        else:
+            scope, (rx, tx) = "host", self._net.rates()
         gpus = self.gpus.read(set(members)) if self.gpus is not None and self.gpus.available else None
         gpu_util, gpu_used, gpu_total = summarize(gpus)
         rated = dt > 0.05
@@ -246,7 +236,7 @@ class SessionSampler:
             mem_mb=sum(st.rss_bytes for st in members.values()) / MB,
             disk_read_mbs=read_b / MB / dt if rated else None, disk_write_mbs=write_b / MB / dt if rated else None,
             net_rx_mbs=rx, net_tx_mbs=tx, gpu_util=gpu_util, gpu_mem_used_mb=gpu_used, gpu_mem_total_mb=gpu_total,
-            gpus=gpus, gpu_available=gpus is not None, network_scope="host", processes=len(members),
+            gpus=gpus, gpu_available=gpus is not None, network_scope=scope, processes=len(members),
         )
         self._remember(members, ticks, t, io_now)
         return sample

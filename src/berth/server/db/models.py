@@ -156,6 +156,7 @@ class _SampleColumns:
     gpu_mem_total_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     gpus: Mapped[list | None] = mapped_column(JSON, nullable=True)  # per-GPU detail; null: no NVML
     processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    network_scope: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "session" | "host"; null: before 0005
 
 
 _SAMPLE_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only

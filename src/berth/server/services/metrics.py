@@ -80,6 +80,7 @@ def _row(sample: MetricSample) -> dict:
     row["ts_ms"] = to_ms(sample.ts)
     row["gpus"] = [g.model_dump(exclude_none=True) for g in sample.gpus] if sample.gpus is not None else None
     row["processes"] = sample.processes
+    row["network_scope"] = sample.network_scope
     return row
 
 
@@ -134,8 +135,8 @@ def _sqlite_upsert(kind: Kind):
     return stmt
 
 
-_COLUMNS = ("ts_ms", *SERIES, "gpus", "processes")
-_PG_TYPES = {"ts_ms": "bigint", "gpus": "json", "processes": "integer"}
+_COLUMNS = ("ts_ms", *SERIES, "gpus", "processes", "network_scope")
+_PG_TYPES = {"ts_ms": "bigint", "gpus": "json", "processes": "integer", "network_scope": "text"}
 
 
 def _pg_ingest(kind: Kind):
@@ -235,7 +236,7 @@ def _rolled(kind: Kind, single: bool):
 def _sample(row) -> MetricSample:
     return MetricSample(ts=from_ms(row.ts_ms), **{name: getattr(row, name) for name in SERIES},
                         gpus=[GpuSample.model_validate(g) for g in row.gpus] if row.gpus is not None else None,
-                        gpu_available=row.gpus is not None, processes=row.processes)
+                        gpu_available=row.gpus is not None, processes=row.processes, network_scope=row.network_scope or "host")
 
 
 async def query(db: AsyncSession, kind: Kind, owner_id: str, start: datetime, end: datetime, points: int) -> MetricsView:
@@ -271,6 +272,8 @@ async def query(db: AsyncSession, kind: Kind, owner_id: str, start: datetime, en
         latest = (await db.execute(select(t).where(getattr(t, kind.owner) == owner_id, t.ts_ms >= start_ms, t.ts_ms < end_ms)
                                    .order_by(t.ts_ms.desc()).limit(1))).scalar_one_or_none()
         view.latest = _sample(latest) if latest is not None else None
+        if view.latest is not None:
+            view.network_scope = view.latest.network_scope
     return view
 
 
