@@ -200,11 +200,15 @@ DOWNLOAD = ("import socket, sys, time\n"
             "while time.time() - t < 30 and c.recv(1 << 16): pass\n")
 
 
-def test_session_network_is_its_own_tcp_traffic(spawn):
-    """A session's download shows in its own network figures, not in another session's; loopback is not
-    traffic. The sending end lives in this (non-session) process."""
+@pytest.mark.parametrize("scope", ["marker", "uid"])
+def test_session_network_is_its_own_tcp_traffic(spawn, scope):
+    """A session's download shows in its own network figures, not in another session's. Its sockets are
+    found by socket inode (non-root agents) or by owner uid (a root agent's per-session user). The
+    sending end lives in this (non-session) process."""
     import threading
 
+    if scope == "uid" and os.geteuid() != 0:
+        pytest.skip("per-session users need a root agent")
     host = _host_address()
     if host is None:
         pytest.skip("no non-loopback IPv4 address on this host to move traffic over")
@@ -221,9 +225,11 @@ def test_session_network_is_its_own_tcp_traffic(spawn):
 
     threading.Thread(target=serve, daemon=True).start()
     spawn(SLEEP, bystander)
-    a, b = SessionSampler(downloader, gpus=False, socket_interval_s=0.5), SessionSampler(bystander, gpus=False, socket_interval_s=0.5)
+    uid = 65534 if scope == "uid" else None
+    a = SessionSampler(downloader, uid=uid, gpus=False, socket_interval_s=0.5)
+    b = SessionSampler(bystander, gpus=False, socket_interval_s=0.5)
     try:
-        spawn(["python3", "-c", DOWNLOAD, host, str(server.getsockname()[1])], downloader)
+        spawn(["python3", "-c", DOWNLOAD, host, str(server.getsockname()[1])], downloader, **({"user": uid} if uid else {}))
         time.sleep(0.5)
         a.sample(), b.sample()  # baselines
         time.sleep(1.2)
