@@ -178,11 +178,12 @@ class Agent:
                 token = data["assignment"]["session_token"]
             except (FileNotFoundError, ValueError, KeyError):
                 continue
+            # Tear down first, report after: as with a normal stop, "failed" means nothing of it is left.
+            killed = await clean_up_after_dead_supervisor(sid, session_dir)
             async with BerthClient(self.settings.server, token) as client:
                 with contextlib.suppress(BerthError):
                     await client.report(sid, SupervisorStatus(status=SessionStatus.failed,
                                                               error="the session's supervisor exited unexpectedly"))
-            killed = await clean_up_after_dead_supervisor(sid, session_dir)
             log.warning("session %s: supervisor died; ended %d leftover process(es)", sid, killed)
             self.children.pop(sid, None)
         for sid, proc in list(self.children.items()):
