@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from berth.agent import environment as envm
+from berth.agent import session_users
 from berth.agent.environment import RunAs
 from berth.errors import SetupFailed
 
@@ -75,9 +76,9 @@ async def user(base):
         return
     name = f"berth-t{uuid.uuid4().hex[:10]}"
     try:
-        yield await envm.create_session_user(name, base / "home", "pw-" + uuid.uuid4().hex)
+        yield await session_users.create_session_user(name, base / "home", "pw-" + uuid.uuid4().hex)
     finally:
-        await envm.remove_session_user(name)
+        await session_users.remove_session_user(name)
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
 
@@ -104,7 +105,7 @@ async def test_create_session_user_sets_password_and_home(base):
     name = f"berth-t{uuid.uuid4().hex[:10]}"
     try:
         t0 = time.perf_counter()
-        run_as = await envm.create_session_user(name, base / "home", "first-pass")
+        run_as = await session_users.create_session_user(name, base / "home", "first-pass")
         elapsed = time.perf_counter() - t0
         print(f"create_session_user: {elapsed * 1000:.0f} ms")
         assert elapsed < 2.0
@@ -116,26 +117,26 @@ async def test_create_session_user_sets_password_and_home(base):
         st = (base / "home").stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (run_as.uid, run_as.gid, 0o750)
         # idempotent: a second call keeps the user and re-sets the password
-        again = await envm.create_session_user(name, base / "home", "second:pass")
+        again = await session_users.create_session_user(name, base / "home", "second:pass")
         assert again == run_as and password_ok(name, "second:pass") and not password_ok(name, "first-pass")
     finally:
-        await envm.remove_session_user(name)
+        await session_users.remove_session_user(name)
 
 
 @needs_root
 async def test_remove_session_user_kills_leftovers_and_keeps_home(base):
     name = f"berth-t{uuid.uuid4().hex[:10]}"
-    run_as = await envm.create_session_user(name, base / "home", "pw")
+    run_as = await session_users.create_session_user(name, base / "home", "pw")
     (base / "home" / "work.txt").write_text("kept")
     leftover = subprocess.Popen(["sleep", "100"], user=run_as.uid, group=run_as.gid, extra_groups=[],
                                 start_new_session=True)
     try:
-        await envm.remove_session_user(name)
+        await session_users.remove_session_user(name)
         assert leftover.wait(timeout=5) is not None
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
         assert (base / "home" / "work.txt").read_text() == "kept"
-        await envm.remove_session_user(name)  # already gone: no error
+        await session_users.remove_session_user(name)  # already gone: no error
     finally:
         leftover.kill()
 
@@ -144,9 +145,9 @@ async def test_remove_session_user_kills_leftovers_and_keeps_home(base):
 async def test_remove_session_user_refuses_other_users():
     for name in ("root", "nobody"):
         with pytest.raises(SetupFailed, match="not a berth session user"):
-            await envm.remove_session_user(name)
+            await session_users.remove_session_user(name)
         with pytest.raises(SetupFailed, match="not a berth session user"):  # nor re-password it
-            await envm.create_session_user(name, Path("/nonexistent"), "pw")
+            await session_users.create_session_user(name, Path("/nonexistent"), "pw")
 
 
 # --------------------------------------------------------------------------------------- venv/pip

@@ -120,20 +120,20 @@ def test_git_command_without_secrets(tmp_path, me):
 async def test_run_streams_lines_split_on_cr_and_keeps_tail():
     lines: list[str] = []
     script = "printf 'a\\rb\\n'; for i in $(seq 1 20); do echo line$i; done; echo err >&2; exit 4"
-    status, tail = await envm._run(["bash", "-c", script], on_line=lines.append)
+    status, tail = await envm.run_command(["bash", "-c", script], on_line=lines.append)
     assert status == 4
     assert lines[:3] == ["a", "b", "line1"] and lines[-1] == "err"
     assert len(tail) == 15 and tail[-1] == "err"
 
 
 async def test_run_missing_binary_reports_instead_of_raising():
-    status, tail = await envm._run(["/nonexistent/tool"])
+    status, tail = await envm.run_command(["/nonexistent/tool"])
     assert status == 127 and "No such file" in tail[0]
 
 
 async def test_run_cancel_kills_process_group(tmp_path):
     marker = tmp_path / "pid"
-    task = asyncio.create_task(envm._run(["bash", "-c", f"sleep 30 & echo $! > {marker}; wait"]))
+    task = asyncio.create_task(envm.run_command(["bash", "-c", f"sleep 30 & echo $! > {marker}; wait"]))
     for _ in range(100):
         if marker.exists() and marker.read_text().strip():
             break

@@ -1,11 +1,9 @@
 """Prepare a session's environment on the worker, and find/kill everything a session started.
 
-Used by the per-session supervisor. As root, each session gets its own system user (so sshd can
-check a per-session password); otherwise everything runs as the agent's own user. Steps that touch
-user-controlled content (venv creation, git, the init script) run *as the session user*, so a git
-hook or a planted file in a restored workspace never runs or is written as root. Only package
-installation runs as the agent (the uv binary lives where session users cannot read it), followed
-by a ``chown -R`` of the venv.
+Used by the per-session supervisor (users: ``session_users``). Every step that touches user-controlled
+content (venv creation, packages, git, the init script; files in the home go through
+``berth.agent.as_session``) runs *as the session user*, so a git hook or a planted symlink in a restored
+workspace never runs or is followed as root.
 
 Secrets (git token, ssh key, init script) go into a private temporary directory, removed right
 after the step: the caller's ``scratch`` when the step runs as the agent's own user, otherwise a
@@ -40,12 +38,11 @@ Emit = Callable[[str], None]
 
 SESSION_ENV_VAR = "BERTH_SESSION_ID"
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-_ADMIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 _TAIL = 15  # lines of a failing tool's output kept for the error message
 _MAX_LINE = 4000
 _PASSTHROUGH = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                 "GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR")
-_background: set[asyncio.Task] = set()  # output pumps outliving their process (see _run)
+_background: set[asyncio.Task] = set()  # output pumps outliving their process (see run_command)
 
 
 @dataclass
@@ -108,9 +105,9 @@ async def _pump(stream: asyncio.StreamReader, on_line: Callable[[str], None]) ->
     line(buf)
 
 
-async def _run(argv: list[str], *, run_as: RunAs | None = None, env: dict[str, str] | None = None,
+async def run_command(argv: list[str], *, run_as: RunAs | None = None, env: dict[str, str] | None = None,
                cwd: str | Path | None = None, stdin: bytes | None = None,
-               on_line: Callable[[str], None] | None = None) -> tuple[int, list[str]]:
+               on_line: Callable[[str], None] | None = None, pass_fds: tuple[int, ...] = ()) -> tuple[int, list[str]]:
     """Run argv (no shell), stdout+stderr merged and streamed to on_line; return (status, last lines)."""
     tail: deque[str] = deque(maxlen=_TAIL)
 
@@ -125,7 +122,8 @@ async def _run(argv: list[str], *, run_as: RunAs | None = None, env: dict[str, s
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=write_fd, stderr=write_fd, env=env, cwd=cwd, start_new_session=True, **_user_kwargs(run_as))
+            stdout=write_fd, stderr=write_fd, env=env, cwd=cwd, start_new_session=True, pass_fds=pass_fds,
+            **_user_kwargs(run_as))
     except OSError as exc:  # missing binary, unreadable cwd, ...: report like a failed command
         os.close(read_fd)
         line(f"{exc.filename or argv[0]}: {exc.strerror or exc}")
@@ -158,26 +156,6 @@ async def _run(argv: list[str], *, run_as: RunAs | None = None, env: dict[str, s
     return status, list(tail)
 
 
-async def _admin(argv: list[str], stdin: bytes | None = None) -> tuple[int, list[str]]:
-    """Run a shadow-utils command, retrying briefly when another session holds /etc/passwd's lock."""
-    for _ in range(5):
-        status, tail = await _run(argv, env=_ADMIN_ENV, stdin=stdin)
-        if status == 0 or not any("cannot lock" in line or "try again later" in line for line in tail):
-            break
-        await asyncio.sleep(0.2)
-    return status, tail
-
-
-def _chown_tree(root: Path, run_as: RunAs) -> None:
-    """chown -R without ever following a symlink (a venv links to the system python)."""
-    if not run_as.is_other:
-        return
-    os.lchown(root, run_as.uid, run_as.gid)
-    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: stay inside the tree
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), run_as.uid, run_as.gid)
-
-
 @contextlib.contextmanager
 def _private_dir(scratch: Path, run_as: RunAs) -> Iterator[Path]:
     """A 0700 dir readable by run_as only (and root), removed afterwards; see the module docstring."""
@@ -208,62 +186,13 @@ def _tool_env(run_as: RunAs) -> dict[str, str]:
     return env
 
 
-# ----------------------------------------------------------------------------------------- users
-
-async def create_session_user(name: str, home: Path, password: str) -> RunAs:
-    """(root) Create or refresh a session's system user, set its password, create its home (0750)."""
-    if "\n" in password or "\r" in password:
-        raise SetupFailed("the session password must be a single line")
-    home = Path(home)
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        entry = None
-    if entry is not None and entry.pw_gecos != "berth session":  # never take over (and re-password) a real user
-        raise SetupFailed(f"user {name} already exists and is not a berth session user")
-    if entry is None:
-        status, tail = await _admin(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash",
-                                     "--user-group", "--no-log-init", "--comment", "berth session", name])
-        if status not in (0, 9):  # 9: created meanwhile by a concurrent call, fine
-            raise SetupFailed(f"could not create session user {name}: " + "\n".join(tail))
-    elif entry.pw_dir != str(home):
-        await _admin(["usermod", "--home", str(home), name])
-    # The password goes through chpasswd's stdin: argv is visible to every user on the host.
-    status, tail = await _admin(["chpasswd"], stdin=f"{name}:{password}\n".encode())
-    if status:
-        raise SetupFailed(f"could not set the password of {name}: " + redact("\n".join(tail), [password]))
-    entry = pwd.getpwnam(name)
-    home.mkdir(parents=True, exist_ok=True)
-    os.chown(home, entry.pw_uid, entry.pw_gid)
-    os.chmod(home, 0o750)
-    return RunAs(name, entry.pw_uid, entry.pw_gid, home)
-
-
-async def remove_session_user(name: str) -> None:
-    """(root) Kill the user's processes and delete it; its home (the workspace) stays."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        return
-    if entry.pw_uid == 0 or entry.pw_gecos != "berth session":  # never delete a user we did not create
-        raise SetupFailed(f"refusing to remove user {name}: not a berth session user")
-    for _ in range(3):
-        await asyncio.to_thread(_kill_matching, None, entry.pw_uid, {os.getpid()})
-        status, tail = await _admin(["userdel", name])
-        if status in (0, 6):  # 6: already gone
-            return
-        if status != 8:  # 8: still has processes (one appeared after the kill): kill again
-            break
-    raise SetupFailed(f"could not remove session user {name}: " + "\n".join(tail))
-
-
 # ----------------------------------------------------------------------------------- python env
 
 async def create_venv(python: str, venv: Path, run_as: RunAs) -> None:
     """Create a bare venv (no pip, no system site-packages) as run_as, which also proves it can run python."""
     venv = Path(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    status, tail = await _run([python, "-m", "venv", "--without-pip", str(venv)], run_as=run_as,
+    status, tail = await run_command([python, "-m", "venv", "--without-pip", str(venv)], run_as=run_as,
                               env=_tool_env(run_as), cwd="/")
     if status:
         raise SetupFailed(f"could not create the python environment {venv} with {python} as {run_as.user}: "
@@ -276,7 +205,7 @@ _OPTION_NAMES = {"-i": "--index-url", "--index-url": "--index-url", "--extra-ind
 
 def parse_requirements(items: Iterable[str]) -> tuple[list[str], list[str]]:
     """Split pip-syntax lines into (requirements, index options). Only index options (http(s) URLs) and
-    --pre are allowed: the install runs as root, so e.g. `-r /root/file` must not be honoured."""
+    --pre are allowed: a session's package list names packages and indexes, nothing on the worker's disk."""
     tokens: list[str] = []
     for item in items:
         item = re.sub(r"(^|\s)#.*", "", item).strip()  # pip's comment rule: '#' at start or after space
@@ -333,27 +262,38 @@ def _find_uv() -> str | None:
 
 
 async def install_packages(venv: Path, requirements: list[str], run_as: RunAs, emit: Emit) -> None:
-    """Install pip-syntax requirements into the venv (uv, else pip), as the agent, then chown the venv."""
+    """Install pip-syntax requirements into the venv (uv, else pip) as the session user.
+
+    The agent's uv binary may sit where session users cannot look (a venv under /root): it is opened here
+    and executed through /proc/self/fd, which needs only its execute bit. The session gets its own uv cache
+    in its home, so nothing of the agent's is shared with it and nothing of it is written as root."""
     reqs, opts = parse_requirements(requirements)
     if not reqs:
         return
     python = str(Path(venv) / "bin" / "python")
     uv = _find_uv()
+    env = _tool_env(run_as) | {k: v for k, v in os.environ.items() if k.startswith(("UV_", "PIP_"))}
+    pass_fds: tuple[int, ...] = ()
     if uv:
         config = pip_index_options()
         if "--index-url" in opts:  # the session's own index replaces the operator's default one
             config = [x for k, v in zip(config[::2], config[1::2], strict=True) if k != "--index-url" for x in (k, v)]
         opts = [x for o in opts for x in (("--prerelease", "allow") if o == "--pre" else (o,))]
-        # copy, not hardlink: the chown below must not hand over the files of the agent's uv cache
-        argv = [uv, "pip", "install", "--python", python, "--color", "never", "--link-mode", "copy", *config, *opts]
+        uv_fd = os.open(uv, os.O_RDONLY | os.O_CLOEXEC)
+        pass_fds = (uv_fd,)
+        env["UV_CACHE_DIR"] = str(run_as.home / ".cache" / "uv")
+        argv = [f"/proc/self/fd/{uv_fd}", "pip", "install", "--python", python, "--color", "never", *config, *opts]
     else:  # pip reads pip.conf itself
         argv = [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off",
                 "--disable-pip-version-check", *opts]
     argv += ["--", *reqs]  # requirements can never be taken for options
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     emit(f"installing with {'uv' if uv else 'pip'}: {redact(' '.join(reqs))}")
-    status, tail = await _run(argv, env=env, cwd="/", on_line=lambda line: emit(redact(line)))
-    _chown_tree(Path(venv), run_as)
+    try:
+        status, tail = await run_command(argv, run_as=run_as, env=env, cwd="/", on_line=lambda line: emit(redact(line)),
+                                         pass_fds=pass_fds)
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
     if status:
         raise SetupFailed(f"package installation failed (exit status {status}):\n" + redact("\n".join(tail)))
 
@@ -415,7 +355,7 @@ async def clone_git(repo: str, dest: Path, *, branch: str | None, commit: str | 
 
         async def run_git(*args: str, what: str, quiet: bool = False) -> tuple[int, list[str]]:
             on_line = None if quiet else (lambda line: emit(redact(line, secrets)))
-            status, tail = await _run([*git, *args], run_as=run_as, env=env, cwd=dest, on_line=on_line)
+            status, tail = await run_command([*git, *args], run_as=run_as, env=env, cwd=dest, on_line=on_line)
             if status and what:
                 reason = "\n".join(line for line in tail if not line.startswith("Cloning into"))
                 raise SetupFailed(f"{what} failed: " + redact(reason, secrets))
@@ -458,7 +398,7 @@ async def run_init_script(script: str, *, cwd: Path, env: dict[str, str], run_as
     with _private_dir(scratch, run_as) as private:
         path = private / "init.sh"
         _write_private(path, script, 0o600, run_as)
-        status, _ = await _run(["/bin/bash", str(path)], run_as=run_as, env=env, cwd=cwd, on_line=emit)
+        status, _ = await run_command(["/bin/bash", str(path)], run_as=run_as, env=env, cwd=cwd, on_line=emit)
     if status < 0:
         raise SetupFailed(f"init script was killed by signal {-status}")
     if status:
@@ -537,7 +477,7 @@ cd "$BERTH_WORKSPACE" 2>/dev/null || true
 def kill_session_processes(session_id: str, *, uid: int | None = None, exclude: Iterable[int] = frozenset()) -> int:
     """SIGTERM, then SIGKILL after ~2 s, every process carrying BERTH_SESSION_ID=session_id (and every
     process of uid, when given). Never the caller, `exclude` or pid 1. Returns how many were signalled."""
-    return _kill_matching(session_id, uid, {*exclude, os.getpid()})
+    return kill_matching(session_id, uid, {*exclude, os.getpid()})
 
 
 def _matches(proc: psutil.Process, session_id: str | None, uid: int | None) -> bool:
@@ -556,7 +496,7 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _kill_matching(session_id: str | None, uid: int | None, exclude: set[int]) -> int:
+def kill_matching(session_id: str | None, uid: int | None, exclude: set[int]) -> int:
     signalled: dict[int, psutil.Process] = {}
     # TERM first so servers can clean up; the KILL round rescans, catching what was forked meanwhile.
     for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):

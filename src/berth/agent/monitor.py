@@ -153,6 +153,13 @@ class SessionSampler:
         return cls(session_id, root_pid=os.getpid(), **kw)
 
     # --- hooks and accessors ----------------------------------------------------------------------
+    def ignore(self, pid: int) -> None:
+        """Leave `pid` out of the session's figures (a helper working for the supervisor as the session user)."""
+        self.table.ignore(pid)
+
+    def unignore(self, pid: int) -> None:
+        self.table.ignored.discard(pid)
+
     def note_input(self) -> None:
         """Input hook (b): the built-in SSH server calls this when a client sends channel data."""
         self._input_at = time.time()

@@ -126,8 +126,13 @@ class ProcessTable:
 
     def __init__(self, scope: Scope):
         self.scope = scope
+        self.ignored: set[int] = set()  # the supervisor's own helpers running as the session user, while they run
         self._verdicts: dict[int, _Verdict] = {}
         self._fresh: dict[int, ProcStat] = {}  # stats read while inspecting during this scan
+
+    def ignore(self, pid: int) -> None:
+        self.ignored.add(pid)
+        self._verdicts.pop(pid, None)  # a verdict cached before it was ignored
 
     def scan(self) -> tuple[dict[int, ProcStat], int]:
         """The session's live processes with fresh counters, and the boot-relative time of the scan (ticks)."""
@@ -171,7 +176,7 @@ class ProcessTable:
 
     def _belongs(self, stat: ProcStat, depth: int) -> bool:
         scope = self.scope
-        if stat.pid in scope.exclude or stat.pid == scope.root_pid or stat.pid <= 1:
+        if stat.pid in scope.exclude or stat.pid in self.ignored or stat.pid == scope.root_pid or stat.pid <= 1:
             return False
         if scope.uids and read_uid(stat.pid) in scope.uids:
             return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -56,11 +57,12 @@ def advertise_host(server_url: str, configured: str | None) -> str:
 
 
 def expand_workspace(path: str, home: Path) -> Path:
-    if path == "~":
-        return home
-    if path.startswith("~/"):
-        return home / path[2:]
-    return Path(path)
+    """The workspace inside the session's home: `~`, `~/x` or a relative `x`; anything else is refused here
+    too (configs stored before launch validation refused them)."""
+    rel = "" if path == "~" else path[2:] if path.startswith("~/") else path
+    if rel.startswith("/") or ".." in Path(rel).parts or "\0" in rel:
+        raise SetupFailed(f"workspace {path!r} is not inside the session's home (use a relative path or ~/...)")
+    return home / rel if rel else home
 
 
 class Supervisor:
@@ -119,16 +121,20 @@ class Supervisor:
         self.host = await self.backend.prepare()
         run_as, home = self.host.run_as, self.host.home
         c(f"setup: session user {run_as.user!r}, home {home}")
+        from berth.agent.monitor import SessionSampler
+
+        self.sampler = SessionSampler.for_session(self.id, system_uid=run_as.uid if self.host.system_user else None)
+        # Everything done in the home runs as the session user; the helpers doing it are not the user's load.
+        self.act = functools.partial(self.backend.act_as_session, on_start=self.sampler.ignore, on_exit=self.sampler.unignore)
         workspace = expand_workspace(cfg.workspace, home)
-        await asyncio.to_thread(_make_dir, workspace, run_as)
+        await self.act("make_dirs", {"paths": [str(workspace)]})
         c(f"setup: workspace {workspace}")
         max_gb = cfg.workspace_max_gb or self.agent.get("workspace_max_gb") or 50.0
         self.workspace_sync = WorkspaceSync(
             self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.agent.get("sync_minutes") or 10),
-            excludes=[*DEFAULT_EXCLUDES, *cfg.workspace_excludes], max_bytes=int(max_gb * 2**30), emit=c)
+            excludes=[*DEFAULT_EXCLUDES, *cfg.workspace_excludes], max_bytes=int(max_gb * 2**30), emit=c, act=self.act)
         if self.assignment.restored_from:  # before git, init script and SSH server: they see the restored files
-            await self.workspace_sync.restore(self.assignment.restored_from, run_as.uid if self.host.system_user else None,
-                                              run_as.gid if self.host.system_user else None)
+            await self.workspace_sync.restore(self.assignment.restored_from)
         venv = home / ".venv"
         scratch = self.dir / "scratch"
         scratch.mkdir(mode=0o700, exist_ok=True)
@@ -137,9 +143,6 @@ class Supervisor:
             wrapper = home / ".berth" / "session-shell"
         session_env = env.session_env(self.id, run_as, venv, workspace)
         kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
-        from berth.agent.monitor import SessionSampler
-
-        self.sampler = SessionSampler.for_session(self.id, system_uid=run_as.uid if self.host.system_user else None)
         spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
                              authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
                              bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid,
@@ -167,7 +170,8 @@ class Supervisor:
         if cfg.packages:
             c(f"packages: installing {' '.join(cfg.packages)}")
             await env.install_packages(venv, cfg.packages, run_as, emit=lambda m: c(f"packages: {m}"))
-        await asyncio.to_thread(env.write_login_files, home, workspace, venv, self.id, run_as, wrapper)
+        await self.act("login_files", {"home": str(home), "workspace": str(workspace), "venv": str(venv),
+                                       "session_id": self.id, "wrapper": str(wrapper)})
         if cfg.init_script:
             c("init: running init script")
             await env.run_init_script(cfg.init_script, cwd=workspace, env=session_env, run_as=run_as,
@@ -184,8 +188,14 @@ class Supervisor:
         await self.report(SessionStatus.active, ssh=info)
         self.background.append(asyncio.create_task(self.workspace_sync.periodic()))
         self.start_watchdog(builtin=getattr(self.ssh, "_builtin", None))
-        self.sync_server = await self.workspace_sync.serve_socket(home, venv / "bin", run_as.uid if self.host.system_user else None,
+        self.sync_server = await self.workspace_sync.serve_socket(self.socket_dir(), venv / "bin",
                                                                   run_as.gid if self.host.system_user else None)
+
+    def socket_dir(self) -> Path:
+        """Where the supervisor's sockets for the session live: root's, outside anything the user can change."""
+        if self.host is not None and self.host.system_user:
+            return Path(self.agent.get("runtime_dir") or "/run/berth") / self.id
+        return self.dir / "run"
 
     def start_watchdog(self, builtin) -> None:
         """Metrics and idle rules (berth.agent.watchdog); at the idle limit it asks for the stop."""
@@ -267,8 +277,8 @@ class Supervisor:
         killed = await self.backend.teardown(self.host, exclude_pids={os.getpid()})
         if killed:
             c(f"teardown: ended {killed} leftover process(es)")
-        for secret_file in (self.dir / SECRETS_FILE, self.dir / "scratch"):
-            _remove(secret_file)
+        for leftover in (self.dir / SECRETS_FILE, self.dir / "scratch", self.socket_dir()):
+            _remove(leftover)
         c("teardown: session processes ended, workspace kept")
 
     async def run(self) -> int:
@@ -308,16 +318,6 @@ async def _all(*steps) -> None:
                 group.create_task(step)
     except BaseExceptionGroup as grouped:
         raise grouped.exceptions[0] from None
-
-
-def _make_dir(path: Path, run_as: env.RunAs) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        for p in [path, *path.parents]:
-            if p == run_as.home.parent or p == Path("/"):
-                break
-            if str(p).startswith(str(run_as.home)):
-                os.chown(p, run_as.uid, run_as.gid)
 
 
 def _remove(path: Path) -> None:

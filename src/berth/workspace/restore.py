@@ -7,8 +7,9 @@ WorkspaceError naming the file; a partial restore is left for the caller to disc
 
 Safety rests on three things: the manifest gate (``manifest.decode`` refuses '..', absolute paths and
 children of anything that is not a directory of the snapshot), directories checked with lstat as they
-are created, and O_NOFOLLOW on every file opened. The destination must not be changed by others while
-a restore runs (the supervisor restores before the session's user exists).
+are created, and O_NOFOLLOW on every file opened. Setuid and setgid bits are never restored (listed in
+``RestoreResult.dropped_bits``). A supervisor restores as the session user (``berth.agent.as_session``),
+so whatever the destination holds, the kernel checks every access with that user's rights.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ ReadRanges = Callable[[str, list[tuple[int, int]]], bytes]  # (pack digest, [(of
 _MAX_REQUEST = 8 << 20
 _MAX_GAP = 256 << 10  # read through gaps smaller than this rather than splitting the range
 _W_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_SET_ID_BITS = stat.S_ISUID | stat.S_ISGID  # never restored: a setuid file must not come back owned by someone else
 
 
 @dataclass
 class RestoreResult:
     files: int = 0
     bytes_total: int = 0
+    dropped_bits: list[str] = field(default_factory=list)  # entries restored without their setuid/setgid bits
     inodes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (inode, ctime_ns), for the side cache
 
 
@@ -81,6 +84,12 @@ class _Restorer:
 
     def abs(self, rel: str) -> str:
         return os.path.join(self.dest, rel)
+
+    def mode_of(self, e: Entry) -> int:
+        if e.mode & _SET_ID_BITS:
+            with self.lock:
+                self.result.dropped_bits.append(e.path)
+        return e.mode & ~_SET_ID_BITS
 
     # --- directories ---------------------------------------------------------------------------
     def make_dirs(self) -> None:
@@ -225,7 +234,7 @@ class _Restorer:
         if self.uid is not None:
             os.fchown(fd, self.uid, self.gid)  # before chmod: chown clears setuid bits
         if f.chmod:
-            os.fchmod(fd, e.mode)
+            os.fchmod(fd, self.mode_of(e))
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         if self.want_inodes:
             st = os.fstat(fd)  # after the last metadata change, so the side cache's ctime is final
@@ -254,7 +263,7 @@ class _Restorer:
             path = self.abs(e.path)
             if self.uid is not None:
                 os.chown(path, self.uid, self.gid, follow_symlinks=False)
-            os.chmod(path, e.mode, follow_symlinks=False)
+            os.chmod(path, self.mode_of(e), follow_symlinks=False)
             os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
         if self.uid is not None:
             os.chown(self.dest, self.uid, self.gid)

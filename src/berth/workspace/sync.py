@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from berth.client import BerthClient
 from berth.errors import BerthError, Conflict, WorkspaceError
@@ -27,9 +28,9 @@ from berth.ids import new_id
 from . import manifest as mf
 from .api import WorkspaceApi
 from .format import Pack, decode_locations, subset_pack
-from .restore import restore_tree
+from .restore import ReadRanges, RestoreResult, restore_tree
 from .schemas import SnapshotView, WorkspaceState
-from .snapshot import ParentCache, take_snapshot
+from .snapshot import PackSink, ParentCache, SnapshotResult, take_snapshot
 
 _UPLOADS_IN_FLIGHT = 1  # plus the pack being filled meanwhile: bounds memory, and the server keeps up
 
@@ -47,6 +48,35 @@ class SnapshotInfo:
     @classmethod
     def of(cls, view: SnapshotView, bytes_sent: int = 0) -> SnapshotInfo:
         return cls(view.id, view.session_id, view.created_at, view.files, view.bytes_total, view.bytes_new, bytes_sent)
+
+
+class Engine(Protocol):
+    """Where the snapshot engine touches the files: in this process (the CLI, as whoever runs it), or in a
+    helper acting as a session's user (the supervisor: ``berth.agent.sync.SessionEngine``)."""
+
+    async def snapshot(self, root: Path, sink: PackSink, *, parent: ParentCache | None, excludes: list[str] | None,
+                       max_bytes: int | None, emit: Callable[[str], None]) -> SnapshotResult: ...
+
+    async def restore(self, manifest: bytes, locations: bytes, read: ReadRanges, dest: Path, *,
+                      progress: Callable[[int, int], None] | None, want_inodes: bool) -> RestoreResult: ...
+
+
+class InProcess:
+    """The engine in worker threads of this process, with this process's rights."""
+
+    async def snapshot(self, root: Path, sink: PackSink, *, parent: ParentCache | None, excludes: list[str] | None,
+                       max_bytes: int | None, emit: Callable[[str], None]) -> SnapshotResult:
+        return await asyncio.to_thread(take_snapshot, root, sink, parent=parent, excludes=excludes, max_bytes=max_bytes,
+                                       emit=emit)
+
+    async def restore(self, manifest: bytes, locations: bytes, read: ReadRanges, dest: Path, *,
+                      progress: Callable[[int, int], None] | None, want_inodes: bool) -> RestoreResult:
+        decoded = await asyncio.to_thread(mf.decode, manifest)
+        table = await asyncio.to_thread(decode_locations, locations)
+        return await asyncio.to_thread(restore_tree, decoded, table, read, dest, progress=progress, want_inodes=want_inodes)
+
+
+IN_PROCESS = InProcess()
 
 
 def as_workspace_error(what: str, exc: Exception) -> WorkspaceError:
@@ -149,12 +179,12 @@ async def _parent(api: WorkspaceApi, state: WorkspaceState, state_dir: Path) -> 
 
 
 async def _sync_once(api: WorkspaceApi, state: WorkspaceState, root: Path, parent: ParentCache | None, parent_id: str | None,
-                     state_dir: Path, excludes, max_bytes, say, progress) -> SnapshotInfo:
+                     state_dir: Path, excludes, max_bytes, say, progress, engine: Engine) -> SnapshotInfo:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     sink = _ServerSink(api, state.session_id, loop, progress)
     try:
-        result = await asyncio.to_thread(take_snapshot, root, sink, parent=parent, excludes=excludes, max_bytes=max_bytes, emit=say)
+        result = await engine.snapshot(root, sink, parent=parent, excludes=excludes, max_bytes=max_bytes, emit=say)
     finally:
         sink.cancelled = True  # stops an engine thread still running after a cancellation
         await asyncio.to_thread(sink.close)
@@ -173,14 +203,15 @@ async def _sync_once(api: WorkspaceApi, state: WorkspaceState, root: Path, paren
 async def snapshot_to_server(client: BerthClient, session_id: str, root: Path, *, state_dir: Path,
                              excludes: list[str] | None = None, max_bytes: int | None = None,
                              emit: Callable[[str], None] = print,
-                             progress: Callable[[int, int], None] | None = None) -> SnapshotInfo:
+                             progress: Callable[[int, int], None] | None = None, engine: Engine = IN_PROCESS) -> SnapshotInfo:
     """Snapshot `root` as the next snapshot of `session_id` (the client holds that session's token).
 
     Incremental against the session's latest snapshot (or the one restored into it). `state_dir` is
     private (0700) and keeps the parent's file list with inode/ctime data between calls. `excludes`:
     gitignore patterns (None: ``DEFAULT_EXCLUDES``). `max_bytes`: larger workspaces are refused before
     anything is sent. `progress(bytes_sent, packs_sent)` runs on the event loop after each stored pack.
-    Raises WorkspaceError; the previous snapshot stays the latest then.
+    `engine`: where the files are read (see :class:`Engine`). Raises WorkspaceError; the previous snapshot
+    stays the latest then.
     """
     loop = asyncio.get_running_loop()
     say = _on_loop(emit, loop)
@@ -189,13 +220,13 @@ async def snapshot_to_server(client: BerthClient, session_id: str, root: Path, *
         state = await api.state(session_id)
         parent, parent_id = await _parent(api, state, Path(state_dir))
         try:
-            return await _sync_once(api, state, Path(root), parent, parent_id, Path(state_dir), excludes, max_bytes, say, progress)
+            return await _sync_once(api, state, Path(root), parent, parent_id, Path(state_dir), excludes, max_bytes, say, progress, engine)
         except Conflict as exc:
             if parent is None or "not in the store" not in exc.message:
                 raise
             # Chunks the parent snapshot had were collected meanwhile: read and offer everything once more.
             say(f"workspace: {exc.message}; reading every file again")
-            return await _sync_once(api, state, Path(root), None, parent_id, Path(state_dir), excludes, max_bytes, say, progress)
+            return await _sync_once(api, state, Path(root), None, parent_id, Path(state_dir), excludes, max_bytes, say, progress, engine)
     except WorkspaceError:
         raise
     except Exception as exc:  # the supervisor catches one type; the cause stays chained
@@ -204,24 +235,23 @@ async def snapshot_to_server(client: BerthClient, session_id: str, root: Path, *
         api.close()
 
 
-async def restore_snapshot(client: BerthClient, snapshot_id: str, dest: Path, *, uid: int | None = None, gid: int | None = None,
-                           emit: Callable[[str], None] = print, state_dir: Path | None = None,
-                           progress: Callable[[int, int], None] | None = None) -> SnapshotInfo:
+async def restore_snapshot(client: BerthClient, snapshot_id: str, dest: Path, *, emit: Callable[[str], None] = print,
+                           state_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                           engine: Engine = IN_PROCESS) -> SnapshotInfo:
     """Restore one snapshot into `dest`; see :func:`restore_from_server`."""
     api = WorkspaceApi(client)
     started = time.monotonic()
     try:
         view = await api.snapshot(snapshot_id)
         manifest_bytes, table = await asyncio.gather(api.manifest(snapshot_id), api.locations(snapshot_id))
-        manifest = await asyncio.to_thread(mf.decode, manifest_bytes)
-        locations = await asyncio.to_thread(decode_locations, table)
 
         def read(pack: str, ranges: list[tuple[int, int]]) -> bytes:  # from the restore's worker threads
             return api.read(snapshot_id, pack, ranges)
 
-        result = await asyncio.to_thread(restore_tree, manifest, locations, read, Path(dest), uid=uid, gid=gid, progress=progress,
-                                         want_inodes=state_dir is not None)
+        result = await engine.restore(manifest_bytes, table, read, Path(dest), progress=progress,
+                                      want_inodes=state_dir is not None)
         if state_dir is not None:
+            manifest = await asyncio.to_thread(mf.decode, manifest_bytes)
             inodes = array("q")
             for path in manifest.paths:
                 inodes.extend(result.inodes.get(path, (-1, -1)))
@@ -235,16 +265,19 @@ async def restore_snapshot(client: BerthClient, snapshot_id: str, dest: Path, *,
         api.close()
     emit(f"workspace: restored snapshot {view.id} of session {view.session_id}: {result.files} files, "
          f"{human(result.bytes_total)} in {time.monotonic() - started:.1f} s")
+    if result.dropped_bits:
+        shown = ", ".join(result.dropped_bits[:3]) + (f" and {len(result.dropped_bits) - 3} more" if len(result.dropped_bits) > 3 else "")
+        emit(f"workspace: setuid/setgid bits are never restored: dropped them from {shown}")
     return SnapshotInfo.of(view)
 
 
-async def restore_from_server(client: BerthClient, source_session_id: str, dest: Path, *, uid: int | None = None,
-                              gid: int | None = None, emit: Callable[[str], None] = print, state_dir: Path | None = None,
-                              progress: Callable[[int, int], None] | None = None) -> SnapshotInfo | None:
+async def restore_from_server(client: BerthClient, source_session_id: str, dest: Path, *, emit: Callable[[str], None] = print,
+                              state_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                              engine: Engine = IN_PROCESS) -> SnapshotInfo | None:
     """Restore the latest complete snapshot of `source_session_id` into `dest`; None when it has none.
 
-    Every chunk is verified; entries that would escape `dest` are refused. `uid`/`gid`: owner of all
-    restored files (root only). With `state_dir`, the first sync afterwards is incremental against the
+    Every chunk is verified; entries that would escape `dest` are refused; files belong to whoever the
+    engine acts as, and setuid/setgid bits are dropped (said in one line). With `state_dir`, the first sync afterwards is incremental against the
     restored snapshot. `progress(bytes_done, bytes_total)` is called from worker threads.
     """
     try:
@@ -253,4 +286,4 @@ async def restore_from_server(client: BerthClient, source_session_id: str, dest:
         raise WorkspaceError(f"workspace restore failed: {exc.message}") from exc
     if not snaps:
         return None
-    return await restore_snapshot(client, snaps[0].id, dest, uid=uid, gid=gid, emit=emit, state_dir=state_dir, progress=progress)
+    return await restore_snapshot(client, snaps[0].id, dest, emit=emit, state_dir=state_dir, progress=progress, engine=engine)

@@ -10,7 +10,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from berth.agent.environment import RunAs, create_session_user, kill_session_processes, remove_session_user
+from berth.agent.as_session import Identity
+from berth.agent.environment import RunAs, kill_session_processes
+from berth.agent.session_users import create_session_user, remove_session_user
 
 from .base import SessionBackend, SessionHost
 
@@ -28,10 +30,17 @@ class ProcessBackend(SessionBackend):
             self.homes_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(self.homes_dir, 0o755)  # session users must traverse it to reach their home
             run_as = await create_session_user(session_user_name(self.session_id), home, self.password)
-            return SessionHost(run_as=run_as, home=home, system_user=True)
+            self.host = SessionHost(run_as=run_as, home=home, system_user=True)
+            return self.host
         home = self.session_dir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        return SessionHost(run_as=RunAs.current(home), home=home, system_user=False)
+        self.host = SessionHost(run_as=RunAs.current(home), home=home, system_user=False)
+        return self.host
+
+    def identity(self) -> Identity:
+        if self.host is None:
+            raise RuntimeError("identity() before prepare()")
+        return Identity(self.host.run_as.uid, self.host.run_as.gid)
 
     async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
         uid = host.run_as.uid if host and host.system_user else None
