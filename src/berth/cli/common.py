@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.console import Console
 
 from berth.client import BerthClient
 from berth.errors import BerthError, Unauthorized
+from berth.private_files import ensure_private_dir, open_private, tighten
 from berth.settings import ClientSettings
 
 T = TypeVar("T")
@@ -32,9 +32,9 @@ def credentials_path() -> Path:
 
 def save_credentials(server: str, token: str, username: str) -> None:
     path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    # The token is as good as the password: 0700/0600 whatever the umask, and whatever an older berth left.
+    tighten([ensure_private_dir(path.parent, private_parents=True)])
+    with open_private(path, "w") as f:
         json.dump({"server": server, "token": token, "username": username}, f)
 
 

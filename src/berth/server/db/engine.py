@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from berth.private_files import open_private
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -14,6 +18,7 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_pi
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
+        _create_private_db_file(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -28,6 +33,26 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_pi
         return engine
     # recycle: connections older than 30 min are replaced, so a server-side idle timeout never bites
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=pre_ping, pool_recycle=1800)
+
+
+def sqlite_files(url: str) -> list[Path]:
+    """The files of an on-disk SQLite database (the database, its WAL, shared memory and rollback journal);
+    empty for PostgreSQL or an in-memory database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
+        return []
+    db = Path(parsed.database)
+    return [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+
+
+def _create_private_db_file(url: str) -> None:
+    """Create a new SQLite database file 0600 before SQLite does: SQLite gives its -wal, -shm and -journal
+    files the database file's mode, so the user's password hashes and tokens stay private whatever the umask."""
+    files = sqlite_files(url)
+    if not files or not files[0].parent.is_dir():
+        return  # in memory, or no such directory: SQLite says so itself
+    with contextlib.suppress(FileExistsError), open_private(files[0], exclusive=True):
+        pass  # an empty file is an empty database
 
 
 def sessionmaker(engine: AsyncEngine, info: dict | None = None) -> async_sessionmaker:

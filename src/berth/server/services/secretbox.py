@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.errors import BerthError
+from berth.private_files import open_private
 
 log = logging.getLogger("berth.server")
 
@@ -72,8 +73,7 @@ def _key_file(path: Path) -> bytes:
         pass
     key = secrets.token_urlsafe(32).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with open_private(tmp, exclusive=True) as f:  # 0600 whatever the umask
         f.write(key + b"\n")
     try:
         os.link(tmp, path)  # a concurrent first start keeps whichever key landed first

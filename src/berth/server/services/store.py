@@ -1,7 +1,8 @@
 """The object store behind workspace snapshots: a local directory or any fsspec filesystem.
 
 Blocking calls (callers run them in a thread). Objects are written whole and appear atomically: by
-rename on a local disk, by a single PUT on object stores.
+rename on a local disk, by a single PUT on object stores. A local store holds every project's workspace
+contents: its directories are 0700 and its files (temp upload files included) 0600, whatever the umask.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from berth.ids import new_id
+from berth.private_files import ensure_private_dir, open_private
 
 
 class ObjectStore:
@@ -22,7 +24,7 @@ class ObjectStore:
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
         if self.local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.root)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -30,9 +32,9 @@ class ObjectStore:
     def put(self, key: str, data: bytes | memoryview) -> None:
         path = self._path(key)
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _private_makedirs(os.path.dirname(path))
             tmp = f"{path}.tmp-{new_id()}"
-            with open(tmp, "wb") as f:
+            with open_private(tmp, exclusive=True) as f:
                 f.write(data)
             os.replace(tmp, path)
         else:
@@ -73,6 +75,16 @@ class ObjectStore:
         return [p[len(root):] if p.startswith(root) else p for p in (self.fs._strip_protocol(f) for f in found)]
 
 
+def local_root(url: str) -> Path | None:
+    """The directory of a local store URL (plain path or file://); None for other filesystems."""
+    fs, root = fsspec.core.url_to_fs(url)
+    return Path(root) if isinstance(fs, LocalFileSystem) else None
+
+
+def _private_makedirs(path: str) -> None:
+    ensure_private_dir(path, private_parents=True)  # inside the private root: every level 0700
+
+
 class Upload:
     def __init__(self, store: ObjectStore, key: str):
         self.store, self.key = store, key
@@ -80,9 +92,9 @@ class Upload:
         self.file = None
         if store.local:
             self.path = store._path(key)
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            _private_makedirs(os.path.dirname(self.path))
             self.tmp = f"{self.path}.tmp-{new_id()}"
-            self.file = open(self.tmp, "wb")
+            self.file = open_private(self.tmp, exclusive=True)
 
     def write(self, parts: list) -> None:
         if self.file is not None:
