@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev
   git
   openssh-server openssh-client dropbear-bin sshpass
+  rsync           # users copy files into sessions over SSH (scp and sftp come with openssh)
   postgresql
   procps iproute2
   curl ca-certificates

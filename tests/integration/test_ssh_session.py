@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import time
+from pathlib import Path
 
 import asyncssh
+import httpx
+import paramiko
 import pytest
 
 from conftest import session_processes
@@ -132,6 +137,9 @@ def test_dropbear_session(stack):
         assert result.returncode == 0, result.stderr
         assert result.stdout.split()[0].endswith("/workspace")
         assert openssh(view, "tty", tty=True).stdout.strip().startswith("/dev/pts/")
+        assert paramiko_run(view, "echo in") == "in\n"
+        weaker = [e for e in stack.events(view["id"]) if "weaker than OpenSSH" in e]
+        assert len(weaker) == 1 and weaker[0].startswith("ssh: dropbear offers"), stack.events(view["id"])
     finally:
         stack.cli("sessions", "stop", view["id"])
 
@@ -221,3 +229,120 @@ def test_ssh_config_writes_host_entries_usable_by_openssh(stack, active):
                             text=True, timeout=30, env=stack.env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("/ws")
+
+
+def paramiko_run(view: dict, command: str) -> str:
+    ssh = view["ssh"]
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(ssh["host"], port=ssh["port"], username=ssh["user"], password=ssh["password"],
+                       allow_agent=False, look_for_keys=False, timeout=10, banner_timeout=10, auth_timeout=10)
+        _, stdout, _ = client.exec_command(command, timeout=20)
+        return stdout.read().decode()
+    finally:
+        client.close()
+
+
+def test_paramiko_client_login(active):
+    assert paramiko_run(active, "pwd").strip().endswith("/ws")
+
+
+@pytest.mark.parametrize("weak", [["-o", "KexAlgorithms=ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521"],
+                                  ["-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha1,umac-64@openssh.com"]])
+def test_session_refuses_weak_algorithms(active, weak):
+    ssh = active["ssh"]
+    argv = ["sshpass", "-p", ssh["password"], "ssh", "-o", "LogLevel=INFO", *SSH_OPTS, *weak, "-p", str(ssh["port"]),
+            f"{ssh['user']}@{ssh['host']}", "true"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 255 and "no matching" in result.stderr, result.stderr
+
+
+# --- copying files in and out: rsync, scp, sftp, as a user who is not an admin ---------------------
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under root: (kind, permission bits, content or link target, mtime in seconds)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[str(path.relative_to(root))] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[str(path.relative_to(root))] = ("dir", stat.S_IMODE(st.st_mode))
+        else:
+            out[str(path.relative_to(root))] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes(), int(st.st_mtime))
+    return out
+
+
+@pytest.fixture(scope="module")
+def user_session(stack):
+    """A session of a user who is not an admin, in a project of their own."""
+    stack.api("POST", "/api/v1/users", json={"username": "rsync-user", "password": "rsync-user-password"})
+    r = httpx.post(stack.url + "/api/v1/auth/login", json={"username": "rsync-user", "password": "rsync-user-password"})
+    r.raise_for_status()
+    token = r.json()["token"]
+    view = stack.api("POST", "/api/v1/sessions", token=token, json={"app": "ssh-session", "config": {"project": "copies"}})
+    deadline = time.monotonic() + 90
+    while view["status"] not in ("active", "idle", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        view = stack.api("GET", f"/api/v1/sessions/{view['id']}", token=token)
+    assert view["status"] == "active", stack.events(view["id"])
+    yield view
+    stack.api("POST", f"/api/v1/sessions/{view['id']}/stop", token=token)
+
+
+def test_rsync_round_trip_into_a_session(user_session, tmp_path):
+    ssh = user_session["ssh"]
+    src, back = tmp_path / "src", tmp_path / "back"
+    (src / "bin").mkdir(parents=True)
+    (src / "private").mkdir(mode=0o700)
+    (src / "plain.txt").write_text("plain\n")
+    (src / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (src / "private" / "secret.key").write_text("not really\n")
+    (src / "with space é.txt").write_text("spaces\n")
+    (src / "data.bin").write_bytes(os.urandom(300_000))
+    (src / "link").symlink_to("plain.txt")
+    for name, mode in [("bin/run.sh", 0o755), ("private/secret.key", 0o600), ("with space é.txt", 0o640),
+                       ("plain.txt", 0o644), ("data.bin", 0o644), ("private", 0o700), ("bin", 0o755)]:
+        os.chmod(src / name, mode)
+        os.utime(src / name, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+    rsh = " ".join(["sshpass", "-e", "ssh", *SSH_OPTS, "-p", str(ssh["port"])])
+    env = dict(os.environ, SSHPASS=ssh["password"])
+    remote = f"{ssh['user']}@{ssh['host']}:copy/"  # relative: the login starts in the workspace
+
+    def rsync(*args: str) -> None:
+        result = subprocess.run(["rsync", "-a", "-e", rsh, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stderr
+
+    rsync(f"{src}/", remote)
+    listing = openssh(user_session, "cd copy && stat -c '%a %U %n' bin/run.sh private/secret.key && sha256sum data.bin")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[:2] == [f"755 {ssh['user']} bin/run.sh", f"600 {ssh['user']} private/secret.key"]
+    assert lines[2].split()[0] == subprocess.run(["sha256sum", str(src / "data.bin")], capture_output=True, text=True).stdout.split()[0]
+    rsync(remote, f"{back}/")
+    assert tree(back) == tree(src)
+
+
+def test_scp_and_sftp_into_a_session(user_session, tmp_path):
+    ssh = user_session["ssh"]
+    env = dict(os.environ, SSHPASS=ssh["password"])
+    up = tmp_path / "up.bin"
+    up.write_bytes(os.urandom(100_000))
+    target = f"{ssh['user']}@{ssh['host']}"
+    for legacy in ([], ["-O"]):  # scp over SFTP (the default since OpenSSH 9.0) and the old scp protocol
+        name = f"scp{len(legacy)}.bin"
+        for args in ([str(up), f"{target}:{name}"], [f"{target}:{name}", str(tmp_path / name)]):
+            result = subprocess.run(["sshpass", "-e", "scp", *legacy, *SSH_OPTS, "-P", str(ssh["port"]), *args],
+                                    capture_output=True, text=True, timeout=60, env=env)
+            assert result.returncode == 0, result.stderr
+        assert (tmp_path / name).read_bytes() == up.read_bytes()
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {up} sftp.bin\nget sftp.bin {tmp_path / 'sftp-back.bin'}\nls\n")
+    # -b turns BatchMode on, which refuses passwords; an earlier -o wins
+    result = subprocess.run(["sshpass", "-e", "sftp", *SSH_OPTS, "-o", "BatchMode=no", "-P", str(ssh["port"]),
+                             "-b", str(batch), target],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sftp-back.bin").read_bytes() == up.read_bytes()
+    assert "scp0.bin" in result.stdout and "scp1.bin" in result.stdout

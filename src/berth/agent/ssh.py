@@ -28,10 +28,11 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import psutil
 
+from berth.agent import ssh_algorithms
 from berth.errors import SetupFailed
 
 SshKind = Literal["openssh", "dropbear", "builtin"]
@@ -64,6 +65,9 @@ class SshServerSpec:
     uid: int | None = None
     gid: int | None = None
     on_input: Callable[[], None] | None = None  # built-in server only: a client sent data (idle detection)
+    # Writes files in the home as the session user (a supervisor's act_as_session "write_files"); when unset
+    # (a server started on its own), authorized_keys is written here, never through a link.
+    write_home_files: Callable[[list[dict]], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:  # never print the password
         return f"SshServerSpec(kind={self.kind!r}, user={self.user!r}, run_dir={str(self.run_dir)!r}, port={self.port!r})"
@@ -380,7 +384,7 @@ async def _openssh_host_key(run_dir: Path) -> tuple[Path, str]:
     return key, _pubkey_line(pub.read_text(), "ssh-ed25519")
 
 
-def _sshd_config(spec: SshServerSpec, port: int, key: Path) -> str:
+def _sshd_config(spec: SshServerSpec, port: int, key: Path, algorithms: list[str]) -> str:
     auth_keys = str(spec.home / ".ssh" / "authorized_keys").replace("%", "%%")  # % starts a token
     lines = [
         f"Port {port}",
@@ -404,6 +408,7 @@ def _sshd_config(spec: SshServerSpec, port: int, key: Path) -> str:
         "LogLevel INFO",
         "PermitUserEnvironment no",
         "ClientAliveInterval 30",
+        *algorithms,  # the modern set only (ssh_algorithms): the distribution defaults include NIST curves and SHA-1
         # last: ForceCommand takes the rest of its line verbatim and runs it with the user's shell
         f"ForceCommand {shlex.quote(str(spec.shell_wrapper))}",
     ]
@@ -415,7 +420,7 @@ async def _start_openssh(spec: SshServerSpec, port: int, log: Callable[[str], No
     os.chmod("/run/sshd", 0o755)
     key, host_key = await _openssh_host_key(spec.run_dir)
     config = spec.run_dir / "sshd_config"
-    config.write_text(_sshd_config(spec, port, key))
+    config.write_text(_sshd_config(spec, port, key, await ssh_algorithms.sshd_config_lines()))
     os.chmod(config, 0o600)
     log_path = spec.run_dir / LOG_NAME
     proc = await _spawn([SSHD, "-D", "-e", "-f", str(config)], log_path)
@@ -425,7 +430,7 @@ async def _start_openssh(spec: SshServerSpec, port: int, log: Callable[[str], No
 
 
 def _write_dropbear_rsa(path: Path) -> str:
-    """Generate an RSA-2048 key straight into dropbear's format; its public key line.
+    """Generate an RSA key (ssh_algorithms.RSA_BITS) straight into dropbear's format; its public key line.
 
     OpenSSL takes ~50-80 ms where dropbearkey takes 0.2-1 s, and rsa would dominate the start."""
     from cryptography.hazmat.primitives.asymmetric import rsa  # asyncssh's dependency
@@ -436,7 +441,7 @@ def _write_dropbear_rsa(path: Path) -> str:
     def mpint(n: int) -> bytes:  # SSH mpint: big-endian, a leading 0 byte keeps it positive
         return string(n.to_bytes((n.bit_length() + 8) // 8, "big"))
 
-    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=ssh_algorithms.RSA_BITS).private_numbers()
     pub = string(b"ssh-rsa") + mpint(priv.public_numbers.e) + mpint(priv.public_numbers.n)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -445,18 +450,20 @@ def _write_dropbear_rsa(path: Path) -> str:
 
 
 async def _dropbear_host_keys(run_dir: Path) -> tuple[list[Path], list[str]]:
-    # all three types: without rsa and ecdsa keys some clients (asyncssh) make dropbear fail
-    types = [("rsa", "ssh-rsa"), ("ecdsa", "ecdsa-sha2-nistp256"), ("ed25519", "ssh-ed25519")]
+    # ed25519 first. An rsa key too: dropbear offers rsa-sha2-256 whatever keys it has, and a client
+    # choosing it (asyncssh) makes dropbear fail without one. No ecdsa key: no NIST curve on offer.
+    types = [("ed25519", "ssh-ed25519"), ("rsa", "ssh-rsa")]
 
     async def one(t: str, name: str) -> tuple[Path, str]:
         path = run_dir / f"dropbear_{t}_host_key"
         if path.exists():  # reuse keeps host keys stable across restarts; -y prints the public half
-            out = await _run(DROPBEARKEY, "-y", "-f", str(path))
-        elif t == "rsa":
+            line = _pubkey_line(await _run(DROPBEARKEY, "-y", "-f", str(path)), name)
+            if t != "rsa" or ssh_algorithms.rsa_bits(line) >= ssh_algorithms.RSA_BITS:
+                return path, line
+            path.unlink()  # made before RSA_BITS was raised
+        if t == "rsa":
             return path, await asyncio.to_thread(_write_dropbear_rsa, path)
-        else:
-            out = await _run(DROPBEARKEY, "-t", t, "-f", str(path))
-        return path, _pubkey_line(out, name)
+        return path, _pubkey_line(await _run(DROPBEARKEY, "-t", t, "-f", str(path)), name)
 
     got = await asyncio.gather(*(one(*t) for t in types))
     return [p for p, _ in got], [k for _, k in got]
@@ -479,7 +486,9 @@ async def _start_dropbear(spec: SshServerSpec, port: int, log: Callable[[str], N
     proc = await _spawn(argv, log_path)
     await _guarded_wait(proc, "dropbear", spec, port, log_path)
     log(f"dropbear listening on {spec.bind_host}:{port}")
-    return SshServer("dropbear", port, pubs[2], proc=proc, host_keys=[pubs[2], pubs[1], pubs[0]])
+    # dropbear's algorithms are fixed when it is built (no options narrow them): say where it is weaker
+    await ssh_algorithms.report_weaker("dropbear", spec.bind_host, port, log)
+    return SshServer("dropbear", port, pubs[0], proc=proc, host_keys=pubs)
 
 
 async def _guarded_wait(proc: asyncio.subprocess.Process, name: str, spec: SshServerSpec, port: int, log_path: Path) -> None:
@@ -498,7 +507,12 @@ async def start_ssh_server(spec: SshServerSpec, log: Callable[[str], None]) -> S
         raise SetupFailed(f"shell wrapper must be an absolute path: {spec.shell_wrapper}")
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(spec.run_dir, 0o700)  # keys live here
-    write_authorized_keys(spec.home, spec.authorized_keys, spec.uid, spec.gid)
+    if spec.write_home_files is not None:
+        keys = "".join(k.strip() + "\n" for k in spec.authorized_keys if k.strip())
+        await spec.write_home_files([{"path": str(spec.home / ".ssh" / "authorized_keys"), "content": keys.encode(),
+                                      "mode": 0o600, "parent_mode": 0o700}])
+    else:
+        write_authorized_keys(spec.home, spec.authorized_keys, spec.uid, spec.gid)
     if spec.kind == "builtin":
         from berth.agent.builtin_sshd import start_builtin  # imports asyncssh only when needed
 
