@@ -12,6 +12,8 @@ a secret (password, token, key): callers redact before raising.
     ├── Forbidden                   403  authenticated, but not allowed on this resource
     ├── NotFound                    404  no such resource
     ├── Conflict                    409  the resource is in a state that forbids the request
+    ├── TooLarge                    413  the request body is over the server's limit
+    ├── TooManyRequests             429  too many failed logins; ``retry_after_s`` becomes ``Retry-After``
     ├── ServerUnavailable           503  the server could not be reached (client side only)
     ├── SetupFailed                 ---  a session setup step failed on the worker (supervisor)
     └── WorkspaceError              ---  a workspace snapshot or restore failed (agent side or CLI); the previous
@@ -41,6 +43,9 @@ class BerthError(Exception):
             body["field"] = self.field
         return body
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class InvalidInput(BerthError):
     http_status = 422
@@ -62,6 +67,21 @@ class Conflict(BerthError):
     http_status = 409
 
 
+class TooLarge(BerthError):
+    http_status = 413
+
+
+class TooManyRequests(BerthError):
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **kw):
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class ServerUnavailable(BerthError):
     http_status = 503
 
@@ -77,7 +97,8 @@ class WorkspaceError(BerthError):
     """
 
 
-_BY_STATUS = {cls.http_status: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, ServerUnavailable)}
+_BY_STATUS = {cls.http_status: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, TooManyRequests,
+                                                 TooLarge, ServerUnavailable)}
 
 
 def from_http(status: int, body: object) -> BerthError:

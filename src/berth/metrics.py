@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from berth.fields import Count, Finite, Line
+
 # The numeric series of a sample, in the order tables and charts show them, with their units.
 SERIES: dict[str, str] = {
     "cpu": "%", "mem_mb": "MB", "disk_read_mbs": "MB/s", "disk_write_mbs": "MB/s", "net_rx_mbs": "MB/s",
@@ -25,13 +27,13 @@ MAX_POINTS = 10_000  # buckets per query
 class GpuSample(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    index: int
-    name: str | None = None
-    util: float | None = Field(None, ge=0, description="Device utilization % (every process on the device)")
-    mem_used_mb: float | None = Field(None, ge=0)
-    mem_total_mb: float | None = Field(None, ge=0)
-    session_util: float | None = Field(None, ge=0, description="SM % of the session's own processes, when the driver reports per-process use")
-    session_mem_mb: float | None = Field(None, ge=0, description="GPU memory of the session's processes; null when NVML cannot list processes")
+    index: int = Field(ge=0, le=4096)
+    name: Line | None = Field(None, max_length=256)
+    util: Finite | None = Field(None, ge=0, description="Device utilization % (every process on the device)")
+    mem_used_mb: Finite | None = Field(None, ge=0)
+    mem_total_mb: Finite | None = Field(None, ge=0)
+    session_util: Finite | None = Field(None, ge=0, description="SM % of the session's own processes, when the driver reports per-process use")
+    session_mem_mb: Finite | None = Field(None, ge=0, description="GPU memory of the session's processes; null when NVML cannot list processes")
 
 
 class MetricSample(BaseModel):
@@ -40,21 +42,21 @@ class MetricSample(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # ignore: newer agents may send more
 
     ts: datetime
-    cpu: float | None = Field(None, ge=0, description="CPU, % of one core summed over the processes (100 = one busy core)")
-    mem_mb: float | None = Field(None, ge=0, description="Resident memory (RSS, summed: shared pages count once per process)")
-    disk_read_mbs: float | None = Field(None, ge=0)
-    disk_write_mbs: float | None = Field(None, ge=0)
-    net_rx_mbs: float | None = Field(None, ge=0)
-    net_tx_mbs: float | None = Field(None, ge=0)
-    gpu_util: float | None = Field(None, ge=0, description="Mean device utilization over the GPUs")
-    gpu_mem_used_mb: float | None = Field(None, ge=0, description="Device memory used, summed over the GPUs")
-    gpu_mem_total_mb: float | None = Field(None, ge=0)
-    gpus: list[GpuSample] | None = Field(None, description="Per GPU; null when NVML is not available")
+    cpu: Finite | None = Field(None, ge=0, description="CPU, % of one core summed over the processes (100 = one busy core)")
+    mem_mb: Finite | None = Field(None, ge=0, description="Resident memory (RSS, summed: shared pages count once per process)")
+    disk_read_mbs: Finite | None = Field(None, ge=0)
+    disk_write_mbs: Finite | None = Field(None, ge=0)
+    net_rx_mbs: Finite | None = Field(None, ge=0)
+    net_tx_mbs: Finite | None = Field(None, ge=0)
+    gpu_util: Finite | None = Field(None, ge=0, description="Mean device utilization over the GPUs")
+    gpu_mem_used_mb: Finite | None = Field(None, ge=0, description="Device memory used, summed over the GPUs")
+    gpu_mem_total_mb: Finite | None = Field(None, ge=0)
+    gpus: list[GpuSample] | None = Field(None, max_length=256, description="Per GPU; null when NVML is not available")
     gpu_available: bool = Field(False, description="NVML answered (false: no GPU, no driver, or no library)")
     network_scope: Literal["host", "session"] = Field(
         "host", description="session: the session's own TCP traffic (its sockets, loopback peers excluded); "
                             "host: the worker's interfaces (loopback excluded), where per-session figures are not available")
-    processes: int | None = Field(None, ge=0, description="How many processes the sample covers")
+    processes: Count | None = Field(None, description="How many processes the sample covers")
 
     def points(self) -> int:
         """How many series values this sample carries (what ingestion rates count)."""

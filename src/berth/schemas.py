@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from berth.fields import BigCount, Count, Finite, JsonObject, Line, Name, OutputText, Text, WireModel
+
 
 class SessionStatus(str, enum.Enum):
     queued = "queued"
@@ -57,15 +59,15 @@ class App(str, enum.Enum):
     remote_desktop = "remote-desktop"
 
 
-class SshInfo(BaseModel):
-    host: str
-    port: int
-    user: str
-    password: str
-    command: str
-    server: str = Field(description="openssh, dropbear or builtin")
-    host_key: str | None = Field(None, description="Host public key line (for known_hosts pinning)")
-    host_key_fingerprint: str | None = None
+class SshInfo(WireModel):
+    host: Line = Field(max_length=255)
+    port: int = Field(ge=0, le=65535)
+    user: Line = Field(max_length=64)
+    password: Text = Field(max_length=1024)
+    command: Text = Field(max_length=4096)
+    server: Line = Field(max_length=32, description="openssh, dropbear or builtin")
+    host_key: Text | None = Field(None, max_length=16384, description="Host public key line (for known_hosts pinning)")
+    host_key_fingerprint: Line | None = Field(None, max_length=256)
 
 
 class Links(BaseModel):
@@ -110,15 +112,15 @@ class SessionView(BaseModel):
     idle_extended_until: datetime | None = Field(None, description="No idle shutdown before this time (`berth sessions extend`)")
 
 
-class LaunchSecrets(BaseModel):
+class LaunchSecrets(WireModel):
     """Credentials a session needs at setup. Stored for the supervisor only; never shown, exported or logged."""
 
     model_config = ConfigDict(extra="forbid")
-    git_token: str | None = Field(None, description="Token for cloning a private HTTPS repository")
-    git_ssh_key: str | None = Field(None, description="Private key (OpenSSH PEM) for cloning over SSH")
+    git_token: Text | None = Field(None, max_length=4096, description="Token for cloning a private HTTPS repository")
+    git_ssh_key: Text | None = Field(None, max_length=64 * 1024, description="Private key (OpenSSH PEM) for cloning over SSH")
 
 
-class LaunchRequest(BaseModel):
+class LaunchRequest(WireModel):
     model_config = ConfigDict(extra="forbid")
     app: App
     config: dict[str, Any] = Field(description="The app's configuration (validated against its model)")
@@ -132,10 +134,10 @@ class ConsoleEvent(BaseModel):
     message: str
 
 
-class EventIn(BaseModel):
+class EventIn(WireModel):
     ts: datetime | None = None
-    level: str = "info"
-    message: str
+    level: Line = Field("info", max_length=16)
+    message: OutputText
 
 
 class TokenView(BaseModel):
@@ -151,9 +153,9 @@ class TokenCreated(TokenView):
     token: str = Field(description="The secret, shown once")
 
 
-class LoginRequest(BaseModel):
-    username: str
-    password: str
+class LoginRequest(WireModel):
+    username: Line = Field(max_length=128)
+    password: Text = Field(max_length=1024)
 
 
 class LoginResponse(BaseModel):
@@ -167,16 +169,16 @@ class UserView(BaseModel):
     is_admin: bool
 
 
-class WorkerRegister(BaseModel):
-    name: str
-    hostname: str
-    queues: list[str]
-    cpus: int
-    memory_bytes: int
-    gpus: list[dict[str, Any]] = []
-    run_as: str
+class WorkerRegister(WireModel):
+    name: Line = Field(min_length=1, max_length=128)
+    hostname: Line = Field(max_length=255)
+    queues: list[Name] = Field(max_length=256)
+    cpus: Count
+    memory_bytes: BigCount
+    gpus: list[JsonObject] = Field([], max_length=256)
+    run_as: Line = Field(max_length=64)
     is_root: bool
-    worker_id: str | None = Field(None, description="Previous identity, to re-register after a restart")
+    worker_id: Line | None = Field(None, max_length=32, description="Previous identity, to re-register after a restart")
 
 
 class WorkerRegistered(BaseModel):
@@ -210,12 +212,12 @@ class Assignment(BaseModel):
     restored_from: str | None
 
 
-class SupervisorStatus(BaseModel):
+class SupervisorStatus(WireModel):
     status: SessionStatus
-    error: str | None = None
+    error: OutputText | None = None
     ssh: SshInfo | None = None
-    idle_seconds: float | None = None
-    kept_alive_by: list[str] | None = None
+    idle_seconds: Finite | None = Field(None, ge=0)
+    kept_alive_by: list[OutputText] | None = Field(None, max_length=100)
 
 
 class SupervisorControl(BaseModel):

@@ -41,6 +41,20 @@ class ServerSettings(BaseSettings):
     metrics_retention_days: float = Field(7.0, gt=0, description="Resource metric samples (sessions and workers) older than this many days are deleted.")
     metrics_retention_interval_s: float = Field(3600.0, gt=0, description="How often the server deletes expired metric samples.")
     metrics_token: str | None = Field(None, description="Bearer token Prometheus sends to scrape GET /metrics; when unset, only admin API tokens may read /metrics.")
+    max_body_bytes: int = Field(1 << 20, ge=4096, description="Largest request body accepted (413 above it), except workspace uploads and supervisor/agent batches.")
+    max_batch_bytes: int = Field(16 << 20, ge=4096, description="Largest body of the batches supervisors and agents send: console lines, metric samples, missing-chunk queries, pack reads.")
+    max_upload_bytes: int = Field(256 << 20, ge=1 << 20, description="Largest workspace upload (a pack or a snapshot manifest); the routes also apply the snapshot format's own limits.")
+    login_window_s: float = Field(900.0, gt=0, description="Failed logins are counted over this sliding window (seconds); "
+                                  "a lockout ends at the latest this long after the failures that caused it.")
+    login_max_failures_per_address: int = Field(10, ge=0, description="Failed logins from one client address within the window "
+                                                "before its logins get 429 with Retry-After (0: no limit).")
+    login_max_failures_per_user: int = Field(30, ge=0, description="Failed logins for one username (from any address) within the window before "
+                                             "logins as that user get 429 (0: no limit). Higher than the per-address limit, so one "
+                                             "address alone cannot lock a user out.")
+    login_trusted_address_days: float = Field(30.0, ge=0, description="The per-username limit does not apply from an address where that user "
+                                              "logged in within this many days, so failures elsewhere cannot lock the owner out (0: off).")
+    trusted_proxies: list[str] = Field(default_factory=list, description="Addresses of reverse proxies whose X-Forwarded-For names the client "
+                                       "(JSON list); none by default: the client address is the connection's.")
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -57,6 +71,8 @@ class AgentSettings(BaseSettings):
     name: str | None = Field(None, description="Worker name; the hostname when unset.")
     data_dir: Path = Field(default_factory=lambda: default_data_dir() / "agent", description="Agent state: identity, per-session run directories.")
     homes_dir: Path = Field(Path("/var/lib/berth/homes"), description="Where per-session home directories live when the agent runs as root (must be traversable by session users).")
+    runtime_dir: Path = Field(Path("/run/berth"), description="Root agents: per-session sockets the session user may use but not change (the berth-sync socket), "
+                              "one root-owned directory per session; non-root agents use the session's own run directory.")
     backend: str = Field("process", description="Session backend: process or container.")
     advertise_host: str | None = Field(None, description="Host name users connect to for SSH; the address used to reach the server when unset.")
     bind_host: str = Field("0.0.0.0", description="Address per-session SSH servers listen on.")

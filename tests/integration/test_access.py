@@ -23,27 +23,67 @@ def people(server_only):
     alice = user_token(s, "alice", "alice-password")
     bob = user_token(s, "bob", "bob-password-1")
     carol = user_token(s, "carol", "carol-password")
+    s.api("POST", "/api/v1/projects", token=bob, json={"name": "bobs-own"})  # an outsider with a project of his own
     # alice owns project "vision" (created by launching into it); carol may only read it.
     view = s.api("POST", "/api/v1/sessions", token=alice, json={"app": "ssh-session", "config": {"project": "vision"}})
     s.api("PUT", "/api/v1/projects/vision/members", token=alice, json={"username": "carol", "role": "viewer"})
     return {"alice": alice, "bob": bob, "carol": carol, "session": view["id"]}
 
 
-@pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("POST", "/stop"), ("GET", "/events"), ("GET", "/export"),
-                                                ("POST", "/clone")])
-def test_user_of_another_project_gets_403(server_only, people, method, suffix):
-    r = httpx.request(method, f"{server_only.url}/api/v1/sessions/{people['session']}{suffix}", json={},
-                      headers={"Authorization": f"Bearer {people['bob']}"})
-    assert r.status_code == 403
-    assert "vision" in r.json()["detail"]
+# Every route that looks a session up by id; the body each sends.
+SESSION_ROUTES = [("GET", "", None), ("POST", "/stop", None), ("GET", "/events", None), ("GET", "/export", None),
+                  ("POST", "/clone", {}), ("POST", "/sync", None), ("GET", "/metrics", None),
+                  ("POST", "/extend", {"hours": 1})]
 
 
-def test_other_project_user_cli_show_logs_stop_are_refused(server_only, people, tmp_path):
+def _as(stack, token: str, method: str, path: str, body=None) -> httpx.Response:
+    return httpx.request(method, stack.url + path, json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_same_as_missing(stack, token: str, method: str, template: str, real_id: str, body=None) -> None:
+    """The answer about `real_id` is exactly the answer about an id that does not exist (the id aside)."""
+    missing_id = "0" * len(real_id)
+    got = _as(stack, token, method, template.format(real_id), body)
+    missing = _as(stack, token, method, template.format(missing_id), body)
+    assert missing.status_code == 404, missing.text
+    assert got.status_code == 404, (template, got.text)
+    assert got.json() == {k: v.replace(missing_id, real_id) if isinstance(v, str) else v for k, v in missing.json().items()}
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), SESSION_ROUTES)
+def test_outsider_gets_the_same_404_as_for_a_missing_session(server_only, people, method, suffix, body):
+    assert_same_as_missing(server_only, people["bob"], method, "/api/v1/sessions/{}" + suffix, people["session"], body)
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), SESSION_ROUTES)
+def test_viewer_gets_403_only_where_a_role_is_missing(server_only, people, method, suffix, body):
+    r = _as(server_only, people["carol"], method, f"/api/v1/sessions/{people['session']}{suffix}", body)
+    if suffix in ("/stop", "/sync", "/extend", "/clone"):  # clone launches into the project: member role
+        assert r.status_code == 403 and "member role in project 'vision'" in r.json()["detail"], r.text
+    else:
+        assert r.status_code == 200, r.text
+
+
+def test_outsider_gets_404_for_another_projects_members(server_only, people):
+    assert_same_as_missing(server_only, people["bob"], "PUT", "/api/v1/projects/{}/members", "vision",
+                           {"username": "bob", "role": "admin"})
+    r = _as(server_only, people["carol"], "PUT", "/api/v1/projects/vision/members", {"username": "carol", "role": "admin"})
+    assert r.status_code == 403 and "admin role in project 'vision'" in r.json()["detail"]
+
+
+def test_another_users_token_is_answered_as_missing(server_only, people):
+    alices = server_only.api("POST", "/api/v1/tokens", token=people["alice"], json={"label": "mine"})
+    assert_same_as_missing(server_only, people["bob"], "DELETE", "/api/v1/tokens/{}", alices["id"])
+    assert alices["id"] in [t["id"] for t in server_only.api("GET", "/api/v1/tokens", token=people["alice"]) if not t["revoked"]]
+
+
+def test_other_project_user_cli_show_logs_stop_see_no_session(server_only, people, tmp_path):
     env = server_only.env(BERTH_SERVER=server_only.url, BERTH_TOKEN=people["bob"], HOME=str(tmp_path))
     for args in (("sessions", "show", people["session"]), ("sessions", "logs", people["session"]),
                  ("sessions", "stop", people["session"])):
         result = server_only.cli(*args, env=env, check=False)
-        assert result.returncode == 1 and "role in project 'vision'" in result.stderr
+        assert result.returncode == 1 and f"no session '{people['session']}'" in result.stderr
+        assert "vision" not in result.stderr
 
 
 def test_list_hides_other_projects(server_only, people):

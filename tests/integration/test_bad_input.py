@@ -23,7 +23,8 @@ def session_count(stack) -> int:
         ({"berth_config": 1, "app": "ssh-session", "extra": 1, "config": {}}, "extra: unknown field"),
         ({"berth_config": 9, "app": "ssh-session", "config": {}}, "berth_config: unsupported schema version"),
         ({"berth_config": 1, "app": "teleporter", "config": {}}, "app: unknown or unsupported app"),
-        ({"berth_config": 1, "app": "ssh-session", "config": {"workspace": "relative/path"}}, "config.workspace"),
+        ({"berth_config": 1, "app": "ssh-session", "config": {"workspace": "/etc"}}, "config.workspace"),
+        ({"berth_config": 1, "app": "ssh-session", "config": {"workspace": "~/../other"}}, "config.workspace"),
         ({"berth_config": 1, "app": "ssh-session", "config": {"idle_cpu": 150}}, "config.idle_cpu"),
         ({"berth_config": 1, "app": "ssh-session", "config": {"git_repo": "https://u:secret-pw@example.com/r.git"}}, "config.git_repo"),
         ({"berth_config": 1, "app": "ssh-session", "config": {"restore_session": "000000000000"}}, "config.restore_session"),
@@ -39,6 +40,36 @@ def test_bad_config_file_is_rejected_naming_the_field(server_only, tmp_path, doc
     assert result.stdout == ""
     assert "secret-pw" not in result.stderr
     assert session_count(server_only) == before
+
+
+@pytest.mark.parametrize("workspace", ["/", "/etc", "/root/.ssh", "~/../x", "a/../../b", "..", "~root/x", "ws\x00", "w\ns"])
+def test_workspace_outside_the_home_is_refused_at_launch_import_and_clone(server_only, tmp_path, workspace):
+    """A workspace is inside the session's home, always: the root agent restores and snapshots it."""
+    user = "wsuser"
+    if not any(u == user for (u,) in server_only.sql("SELECT username FROM users")):
+        server_only.api("POST", "/api/v1/users", json={"username": user, "password": "wsuser-password"})
+    token = httpx.post(server_only.url + "/api/v1/auth/login", json={"username": user, "password": "wsuser-password"}).json()["token"]
+    before = session_count(server_only)
+    headers = {"Authorization": f"Bearer {token}"}
+    r = httpx.post(server_only.url + "/api/v1/sessions", headers=headers, json={"app": "ssh-session", "config": {"workspace": workspace}})
+    assert r.status_code == 422 and r.json()["field"] == "config.workspace", r.text
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"berth_config": 1, "app": "ssh-session", "config": {"workspace": workspace}}))
+    env = server_only.env(BERTH_SERVER=server_only.url, BERTH_TOKEN=token, HOME=str(tmp_path))
+    result = server_only.cli("launch", "ssh-session", "--config", str(path), env=env, check=False)
+    assert result.returncode == 1 and "config.workspace" in result.stderr
+    if "\x00" not in workspace:  # no command line can hold a NUL
+        result = server_only.cli("launch", "ssh-session", "--workspace", workspace, env=env, check=False)
+        assert result.returncode == 1 and "config.workspace" in result.stderr
+    source = httpx.post(server_only.url + "/api/v1/sessions", headers=headers, json={"app": "ssh-session", "config": {}}).json()
+    r = httpx.post(f"{server_only.url}/api/v1/sessions/{source['id']}/clone", headers=headers, json={"overrides": {"workspace": workspace}})
+    assert r.status_code == 422 and r.json()["field"] == "config.workspace", r.text
+    assert session_count(server_only) == before + 1  # only the clone's source
+
+
+def test_relative_workspace_means_inside_the_home(server_only):
+    view = server_only.api("POST", "/api/v1/sessions", json={"app": "ssh-session", "config": {"workspace": "projects/demo/"}})
+    assert view["config"]["workspace"] == "~/projects/demo"
 
 
 def test_malformed_json_file(server_only, tmp_path):

@@ -189,11 +189,11 @@ def test_default_range_is_the_session_life(server_only, ingested):
     assert view["samples"] == 100 and len(view["t"]) <= 1000 and view["latest"]["cpu"] == 99.0
 
 
-def test_other_project_user_gets_403(server_only, ingested):
+def test_other_project_user_gets_404_as_for_a_missing_session(server_only, ingested):
     r = _query(server_only, ingested["sid"], token=ingested["stranger"])
-    assert r.status_code == 403 and "metricsproj" in r.json()["detail"]
+    assert r.status_code == 404 and r.json()["detail"] == f"no session {ingested['sid']!r}"
     r = _post(f"{server_only.url}/api/v1/sessions/{ingested['sid']}/extend", ingested["stranger"], json={"hours": 1})
-    assert r.status_code == 403
+    assert r.status_code == 404 and r.json()["detail"] == f"no session {ingested['sid']!r}"
 
 
 def test_only_the_sessions_own_supervisor_may_ingest(server_only, ingested):

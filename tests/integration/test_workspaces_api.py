@@ -152,19 +152,24 @@ async def test_users_of_other_projects_and_other_sessions_are_refused(server_onl
     info = await sync(s, sid, tok, make_tree(tmp_path / "src"), tmp_path / "state")
     mallory = user_token(s, "wsmallory")
     carol = user_token(s, "wscarol", "ws-private", "viewer")
+    s.api("POST", "/api/v1/projects", token=mallory, json={"name": "ws-mallory"})  # an outsider with a project of her own
     h = {"Authorization": f"Bearer {mallory}"}
-    for method, path, body in [("GET", f"/api/v1/workspaces/snapshots?session={sid}", None),
-                               ("GET", f"/api/v1/workspaces/snapshots/{info.id}", None),
-                               ("GET", f"/api/v1/workspaces/snapshots/{info.id}/manifest", None),
-                               ("GET", f"/api/v1/workspaces/snapshots/{info.id}/locations", None),
-                               ("POST", f"/api/v1/workspaces/snapshots/{info.id}/read", {"pack": "1", "ranges": [[0, 1]]})]:
-        r = httpx.request(method, s.url + path, headers=h, json=body)
-        assert r.status_code == 403, (path, r.text)
-        assert "ws-private" in r.json()["detail"]
+    for method, path, body, real in [("GET", "/api/v1/workspaces/snapshots?session={}", None, sid),
+                                     ("GET", "/api/v1/workspaces/sessions/{}/state", None, sid),
+                                     ("GET", "/api/v1/workspaces/snapshots/{}", None, info.id),
+                                     ("GET", "/api/v1/workspaces/snapshots/{}/manifest", None, info.id),
+                                     ("GET", "/api/v1/workspaces/snapshots/{}/locations", None, info.id),
+                                     ("POST", "/api/v1/workspaces/snapshots/{}/read", {"pack": "1", "ranges": [[0, 1]]}, info.id)]:
+        # the same answer as for one that does not exist: whether it exists does not leak
+        missing_id = "0" * len(real)
+        r = httpx.request(method, s.url + path.format(real), headers=h, json=body)
+        missing = httpx.request(method, s.url + path.format(missing_id), headers=h, json=body)
+        assert r.status_code == missing.status_code == 404, (path, r.text)
+        assert r.json()["detail"] == missing.json()["detail"].replace(missing_id, real)
     assert info.id not in [x["id"] for x in s.api("GET", "/api/v1/workspaces/snapshots", token=mallory)]
     env = s.env(BERTH_SERVER=s.url, BERTH_TOKEN=mallory, HOME=str(tmp_path / "home-m"))
     result = s.cli("workspaces", "download", info.id, str(tmp_path / "stolen"), env=env, check=False)
-    assert result.returncode == 1 and "role in project 'ws-private'" in result.stderr
+    assert result.returncode == 1 and f"no snapshot '{info.id}'" in result.stderr and "ws-private" not in result.stderr
     # a viewer of the project may
     env = s.env(BERTH_SERVER=s.url, BERTH_TOKEN=carol, HOME=str(tmp_path / "home-c"))
     s.cli("workspaces", "download", info.id, str(tmp_path / "viewer"), env=env)
@@ -172,8 +177,8 @@ async def test_users_of_other_projects_and_other_sessions_are_refused(server_onl
     # another session's supervisor may neither read nor write this session's workspace
     other, other_tok = claim(s, worker, project="ws-private")
     h = {"Authorization": f"Bearer {other_tok}"}
-    assert httpx.get(f"{s.url}/api/v1/workspaces/snapshots?session={sid}", headers=h).status_code == 403
-    assert httpx.get(f"{s.url}/api/v1/workspaces/snapshots/{info.id}/manifest", headers=h).status_code == 403
+    assert httpx.get(f"{s.url}/api/v1/workspaces/snapshots?session={sid}", headers=h).status_code == 404
+    assert httpx.get(f"{s.url}/api/v1/workspaces/snapshots/{info.id}/manifest", headers=h).status_code == 404
     assert httpx.post(f"{s.url}/api/v1/workspaces/sessions/{sid}/missing", headers=h, json={"ids": []}).status_code == 403
     assert httpx.put(f"{s.url}/api/v1/workspaces/sessions/{sid}/packs/{'0' * 64}", headers=h, content=b"x").status_code == 403
     # users cannot upload at all, and a finished session no longer can

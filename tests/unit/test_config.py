@@ -45,6 +45,27 @@ def test_tags_and_packages_accept_strings():
     ({"packages": ["--index-url=http://evil"]}, "config.packages"),
     ({"workspace": "~other/ws"}, "config.workspace"),
     ({"workspace": "~/a/../../etc"}, "config.workspace"),
+    ({"workspace": "/"}, "config.workspace"),
+    ({"workspace": "/etc"}, "config.workspace"),
+    ({"workspace": "/root/.ssh"}, "config.workspace"),
+    ({"workspace": "~/../x"}, "config.workspace"),
+    ({"workspace": "a/../../b"}, "config.workspace"),
+    ({"workspace": "ws\x00"}, "config.workspace"),
+    ({"workspace": "ws\x1b[0m"}, "config.workspace"),
+    ({"workspace": "  "}, "config.workspace"),
+    ({"idle_network_mb": float("inf")}, "config.idle_network_mb"),
+    ({"idle_network_mb": float("nan")}, "config.idle_network_mb"),
+    ({"max_idle_hours": float("nan")}, "config.max_idle_hours"),
+    ({"workspace_max_gb": 1e308}, "config.workspace_max_gb"),
+    ({"name": "a\x00b"}, "config.name"),
+    ({"tags": ["ok", "bad\nline"]}, "config.tags.1"),
+    ({"project": "a/b"}, "config.project"),
+    ({"project": ".."}, "config.project"),
+    ({"queue": "q?x"}, "config.queue"),
+    ({"git_repo": "https://TOKEN123@github.com/o/r.git"}, "config.git_repo"),
+    ({"git_repo": "https://u:TOKEN123@github.com/o/r.git"}, "config.git_repo"),
+    ({"git_repo": "ssh://git:TOKEN123@host/o/r.git"}, "config.git_repo"),
+    ({"init_script": "echo \x00"}, "config.init_script"),
     ({"tags": 5}, "config.tags"),
 ])
 def test_invalid_values_name_the_field(config, field):
@@ -52,6 +73,24 @@ def test_invalid_values_name_the_field(config, field):
         validate_config("ssh-session", config)
     assert info.value.field == field
     assert info.value.message.startswith(field)
+
+
+@pytest.mark.parametrize(("workspace", "stored"), [("work", "~/work"), ("a/b", "~/a/b"), ("~", "~"), ("~/", "~"),
+                                                  ("~/x/./y/", "~/x/y"), ("./w", "~/w"), ("~/workspace", "~/workspace")])
+def test_workspace_is_kept_inside_the_home(workspace, stored):
+    assert validate_config("ssh-session", {"workspace": workspace}).workspace == stored
+
+
+@pytest.mark.parametrize("url", ["git@github.com:org/repo.git", "ssh://git@github.com/org/repo.git", "https://github.com/o/r.git",
+                                 "git+ssh://git@host/o/r.git", "/srv/git/repo.git"])
+def test_git_urls_without_credentials_are_accepted(url):
+    assert validate_config("ssh-session", {"git_repo": url}).git_repo == url
+
+
+def test_credential_error_does_not_echo_the_url():
+    with pytest.raises(InvalidInput) as info:
+        validate_config("ssh-session", {"git_repo": "https://TOKEN123@github.com/o/r.git"})
+    assert "TOKEN123" not in info.value.message and "--git-token-file" in info.value.message
 
 
 def test_document_checks():

@@ -32,11 +32,11 @@ def test_tokens_are_random_prefixed_and_hashed():
     assert security.hash_token(a) != a and len(security.hash_token(a)) == 64
 
 
-def test_passwords_use_argon2():
-    h = security.hash_password("correct horse")
+async def test_passwords_use_argon2():
+    h = await security.hash_password("correct horse")
     assert h.startswith("$argon2")
-    assert security.verify_password(h, "correct horse") and not security.verify_password(h, "wrong")
-    assert not security.verify_password("not-a-hash", "x")
+    assert await security.verify_password(h, "correct horse") and not await security.verify_password(h, "wrong")
+    assert not await security.verify_password("not-a-hash", "x")
 
 
 def test_notifier_wakes_waiter_before_poll_interval():

@@ -48,6 +48,8 @@ def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidIn
         msg = "unknown field"
     elif first["type"] == "missing":
         msg = "required field is missing"
+    elif first["type"] == "value_error":  # our own validators' messages read better without pydantic's prefix
+        msg = msg.removeprefix("Value error, ")
     return InvalidInput(f"{field}: {msg}", field=field)
 
 

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from berth.fields import Line, Name, WireModel
 from berth.schemas import App
 
 CONFIG_SCHEMA_VERSION = 1
 DEFAULT_PROJECT = "Interactive Session"
 
 
-class CommonConfig(BaseModel):
+class CommonConfig(WireModel):  # numbers are finite (WireModel); names are one line, projects and queues addressable
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     app: ClassVar[App]
 
-    name: str | None = Field(None, max_length=128, description="Session name; generated when empty")
-    project: str = Field(DEFAULT_PROJECT, min_length=1, max_length=128, description="Project the session belongs to")
-    tags: list[str] = Field(default_factory=list, description="Tags (a list, or a comma separated string)")
-    queue: str = Field("default", min_length=1, max_length=128, description="Queue an agent takes the session from")
+    name: Line | None = Field(None, max_length=128, description="Session name; generated when empty")
+    project: Name = Field(DEFAULT_PROJECT, description="Project the session belongs to")
+    tags: list[Annotated[Line, Field(max_length=64)]] = Field(default_factory=list, max_length=64,
+                                                             description="Tags (a list, or a comma separated string)")
+    queue: Name = Field("default", description="Queue an agent takes the session from")
     max_idle_hours: float = Field(4.0, gt=0, le=24 * 365, description="Idle time after which the session shuts down")
-    restore_session: str | None = Field(None, max_length=64, description="Session ID whose workspace is restored")
-    idle_network_mb: float = Field(0.1, ge=0, description="Network MB/s under which the session counts as idle")
+    restore_session: Line | None = Field(None, max_length=64, description="Session ID whose workspace is restored")
+    idle_network_mb: float = Field(0.1, ge=0, le=1e6, description="Network MB/s under which the session counts as idle")
     idle_cpu: float = Field(10.0, ge=0, le=100, description="CPU %% under which the session counts as idle")
     idle_gpu: float = Field(10.0, ge=0, le=100, description="GPU %% under which the session counts as idle")
 

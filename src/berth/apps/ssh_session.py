@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from berth.fields import Line, Text, check_line
 from berth.schemas import App
 
 from .common import CommonConfig
@@ -25,21 +26,42 @@ DASHBOARD_FIELDS = (
 _GIT_REF = re.compile(r"^[A-Za-z0-9._/@{}~^+-]+$")
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
+_SCP_PASSWORD = re.compile(r"^[^/@:]+:[^/@]*@")  # user:secret@host:path (scp syntax has no password)
+
+
+def has_credentials(url: str) -> bool:
+    """A password or token in a git URL: ``https://TOKEN@host/…``, ``https://user:pass@host/…``. A user name alone
+    on SSH (``git@host:org/repo.git``, ``ssh://git@host/…``) is not a credential."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return bool(_SCP_PASSWORD.match(url))
+    scheme, authority = match.group(1).lower(), match.group(2)
+    if "@" not in authority:
+        return False
+    userinfo = authority.rsplit("@", 1)[0]
+    return not (scheme in ("ssh", "git+ssh", "ssh+git") and ":" not in userinfo)
+
+
 class SshSessionConfig(CommonConfig):
     app: ClassVar[App] = App.ssh_session
 
-    git_repo: str | None = Field(None, max_length=2048, description="Git repository cloned into the workspace")
-    git_branch: str | None = Field(None, max_length=255, description="Branch to check out")
-    git_commit: str | None = Field(None, max_length=255, description="Commit to check out")
-    image: str | None = Field(None, max_length=512, description="Container image (container backend)")
-    container_args: str | None = Field(None, max_length=4096, description="Extra container arguments (container backend)")
-    init_script: str | None = Field(None, max_length=256 * 1024, description="Bash script run before the SSH server starts")
-    packages: list[str] = Field(default_factory=list, description="Extra Python packages, pip requirement syntax")
-    workspace: str = Field("~/workspace", min_length=1, max_length=1024, description="Persistent workspace path")
+    git_repo: Line | None = Field(None, max_length=2048, description="Git repository cloned into the workspace (no credentials in it: "
+                                                                    "they go in --git-token-file / --git-ssh-key)")
+    git_branch: Line | None = Field(None, max_length=255, description="Branch to check out")
+    git_commit: Line | None = Field(None, max_length=255, description="Commit to check out")
+    image: Line | None = Field(None, max_length=512, description="Container image (container backend)")
+    container_args: Text | None = Field(None, max_length=4096, description="Extra container arguments (container backend)")
+    init_script: Text | None = Field(None, max_length=256 * 1024, description="Bash script run before the SSH server starts")
+    packages: list[Annotated[Line, Field(max_length=1024)]] = Field(default_factory=list, max_length=1000,
+                                                                    description="Extra Python packages, pip requirement syntax")
+    workspace: str = Field("~/workspace", min_length=1, max_length=1024,
+                           description="Persistent workspace path inside the session's home: relative to it, or ~/…")
     dropbear: bool = Field(False, description="Use Dropbear instead of OpenSSH (required when not root)")
     sync_minutes: float | None = Field(None, gt=0, le=24 * 60, description="Minutes between workspace syncs (agent default: 10)")
-    workspace_excludes: list[str] = Field(default_factory=list, description="Extra gitignore-style patterns not stored with the workspace")
-    workspace_max_gb: float | None = Field(None, gt=0, description="Largest workspace stored (agent default applies when unset)")
+    workspace_excludes: list[Annotated[Line, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=1000, description="Extra gitignore-style patterns not stored with the workspace")
+    workspace_max_gb: float | None = Field(None, gt=0, le=1e6, description="Largest workspace stored (agent default applies when unset)")
 
     @field_validator("workspace_excludes", mode="before")
     @classmethod
@@ -63,8 +85,10 @@ class SshSessionConfig(CommonConfig):
         value = value.strip()
         if value.startswith("-") or any(c.isspace() for c in value):
             raise ValueError("not a git repository URL")
-        if "://" in value and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", value):
-            raise ValueError("credentials must not be part of the URL; pass them as a git token")
+        if has_credentials(value):  # the message must not echo the URL: it holds the secret
+            raise ValueError("credentials must not be part of the URL (they would be stored and shown): pass a token with "
+                             "--git-token-file (or BERTH_GIT_TOKEN; API: secrets.git_token) or a key with --git-ssh-key "
+                             "(API: secrets.git_ssh_key)")
         return value
 
     @field_validator("git_branch", "git_commit")
@@ -99,11 +123,17 @@ class SshSessionConfig(CommonConfig):
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
-        value = value.strip()
-        if not (value.startswith("~") or value.startswith("/")):
-            raise ValueError("must be absolute or start with ~ (e.g. ~/workspace)")
-        if value.startswith("~") and not (value == "~" or value.startswith("~/")):
-            raise ValueError("only ~ (the session's home) may start the path")
-        if ".." in value.split("/"):
-            raise ValueError("must not contain '..'")
-        return value.rstrip("/") or "/"
+        """Inside the session's home, always: stored as ``~`` or ``~/a/b`` (relative paths are relative to the home)."""
+        value = check_line(value.strip())
+        if not value:
+            raise ValueError("must not be empty (e.g. ~/workspace)")
+        if value.startswith("/"):
+            raise ValueError("must be inside the session's home: a relative path or ~/… (absolute paths are not allowed)")
+        parts = value.split("/")
+        if parts[0].startswith("~"):
+            if parts[0] != "~":
+                raise ValueError("only ~ (the session's home) may start the path")
+            parts = parts[1:]
+        if ".." in parts:
+            raise ValueError("must not contain '..' (the workspace stays inside the session's home)")
+        return "/".join(["~", *(p for p in parts if p not in ("", "."))])

@@ -30,8 +30,11 @@ def _serve(settings) -> None:
             app.state.notifier.close()  # long polls answer at once instead of holding the shutdown
             await super().shutdown(sockets)
 
+    # X-Forwarded-For is believed only from BERTH_TRUSTED_PROXIES (uvicorn would trust 127.0.0.1 by default):
+    # the client address decides login throttling.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=3)
+                            lifespan="on", timeout_graceful_shutdown=3,
+                            proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies)
     server = Server(config)
 
     def _term_as_interrupt(signum, frame):  # uvicorn re-raises SIGTERM after its clean shutdown: end like Ctrl-C
@@ -44,6 +47,13 @@ def _serve(settings) -> None:
         pass
     if not server.started:
         raise typer.Exit(1)
+
+
+def _private_umask() -> int:
+    """Everything the server process creates is for its own eyes (database and its -wal/-shm/-journal,
+    keys, snapshot store, logs): umask 077 as a second line behind the explicit modes of those writers.
+    Returns the previous umask, which `berth up` gives back to its agent (session files are not private)."""
+    return os.umask(0o077)
 
 
 def _die_with_parent() -> None:
@@ -63,6 +73,7 @@ def server(
     """Run the control-plane server (API, dashboard, gateway)."""
     from berth.settings import ServerSettings
 
+    _private_umask()
     overrides = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items() if v is not None}
     settings = ServerSettings(**overrides)
     err.print(f"berth server on http://{settings.host}:{settings.port} (database: {_safe_url(settings.resolved_database_url())})")
@@ -104,23 +115,28 @@ def up(
     port: int = typer.Option(8470, help="Port"),
 ) -> None:
     """Server + one local agent on queue 'default', embedded SQLite. Ctrl-C stops both (sessions keep running)."""
+    from berth.private_files import ensure_private_dir, open_private
     from berth.settings import ServerSettings
 
-    data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    agent_umask = _private_umask()
+    data_dir = ensure_private_dir(data_dir.expanduser().resolve())  # the server tightens an existing one
     agent_token = "ba_" + secrets.token_urlsafe(32)  # lives only in this process and its agent's environment
     settings = ServerSettings(data_dir=data_dir, host=host, port=port, agent_token=agent_token)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     env = dict(os.environ, BERTH_AGENT_TOKEN=agent_token)
     agent_cmd = [sys.executable, "-m", "berth.cli.main", "agent", "--server", url, "--queue", "default",
                  "--data-dir", str(data_dir / "agent")]
-    agent_log = open(data_dir / "agent.log", "ab")
+    agent_log = open_private(data_dir / "agent.log", "ab")
     agent_proc: subprocess.Popen | None = None
+
+    def in_agent() -> None:  # runs in the agent child, before exec
+        _die_with_parent()
+        os.umask(agent_umask)  # the agent makes its own files private itself; the session files it writes are not
 
     def start_agent() -> None:
         nonlocal agent_proc
         agent_proc = subprocess.Popen(agent_cmd, env=env, stdin=subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=in_agent)
 
     import threading
 

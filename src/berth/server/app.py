@@ -15,7 +15,8 @@ from berth import __version__
 from berth.errors import BerthError
 from berth.settings import ServerSettings
 
-from . import prometheus
+from . import datadir, prometheus
+from .limits import RequestLimits
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
 from .services import accounts, workers
@@ -45,7 +46,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        datadir.prepare(settings)  # 0700/0600 before the database and key files are opened
         engine = make_engine(settings.resolved_database_url(), pool_size=settings.db_pool_size,
                              max_overflow=settings.db_max_overflow, pre_ping=settings.db_pool_pre_ping)
         await migrate(engine)
@@ -74,6 +75,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     prometheus.install(app)
+    app.add_middleware(RequestLimits, settings=settings)  # body size and URL checks, before any route
 
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, exc: BerthError) -> JSONResponse:
@@ -81,7 +83,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             log.error("%s %s: %s", request.method, request.url.path, exc.log_message)
         elif exc.log_message != exc.message:
             log.info("%s %s: %s", request.method, request.url.path, exc.log_message)
-        return JSONResponse(exc.to_body(), status_code=exc.http_status)
+        return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from berth.fields import BigCount, Line
 
 
 class SnapshotView(BaseModel):
@@ -32,7 +36,7 @@ class WorkspaceState(BaseModel):
 
 class ChunkQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(max_length=20000, description="Chunk ids (SHA-256 hex)")
+    ids: list[Annotated[Line, Field(max_length=64)]] = Field(max_length=20000, description="Chunk ids (SHA-256 hex)")
 
 
 class MissingChunks(BaseModel):
@@ -48,7 +52,7 @@ class PackStored(BaseModel):
 class ReadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pack: str = Field(pattern=r"^[0-9]{1,18}$", description="Pack id, as in the snapshot's location table")
-    ranges: list[tuple[int, int]] = Field(min_length=1, max_length=100000, description="(offset, length) pairs")
+    ranges: list[tuple[BigCount, BigCount]] = Field(min_length=1, max_length=100000, description="(offset, length) pairs")
 
 
 class GcReport(BaseModel):

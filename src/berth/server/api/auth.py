@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from typing import Annotated
 
+from fastapi import APIRouter, Request
+from pydantic import Field
+
+from berth.fields import Line, Text, WireModel
 from berth.schemas import LoginRequest, LoginResponse, TokenCreated, TokenView, UserView
-from berth.server.services import accounts
+from berth.server.services import accounts, login_throttle
 
 from .deps import Admin, CurrentUser, Db, errors
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 
 
-@router.post("/auth/login", response_model=LoginResponse, responses=errors(401, 422))
+@router.post("/auth/login", response_model=LoginResponse, responses=errors(401, 422, 429))
 async def login(body: LoginRequest, db: Db, request: Request) -> LoginResponse:
-    token, user = await accounts.login(db, body.username, body.password, request.app.state.settings.token_days)
+    """Failed logins are limited per username and per client address: 429 with Retry-After."""
+    settings = request.app.state.settings
+    # The connection's address: uvicorn rewrites it from X-Forwarded-For only for BERTH_TRUSTED_PROXIES.
+    address = request.client.host if request.client else "unknown"
+    token, user = await accounts.login(db, body.username, body.password, settings.token_days, address=address,
+                                       limits=login_throttle.Limits.from_settings(settings))
     return LoginResponse(token=token, username=user.username, is_admin=user.is_admin)
 
 
@@ -24,9 +32,9 @@ async def me(user: CurrentUser) -> UserView:
     return UserView(username=user.username, is_admin=user.is_admin)
 
 
-class NewUser(BaseModel):
-    username: str
-    password: str = Field(min_length=8)
+class NewUser(WireModel):
+    username: Line = Field(max_length=64)
+    password: Text = Field(min_length=8, max_length=1024)
     is_admin: bool = False
 
 
@@ -36,8 +44,8 @@ async def create_user(body: NewUser, db: Db, _admin: Admin) -> UserView:
     return UserView(username=user.username, is_admin=user.is_admin)
 
 
-class SshKeys(BaseModel):
-    keys: list[str] = Field(max_length=32, description="OpenSSH public key lines accepted by your sessions")
+class SshKeys(WireModel):
+    keys: list[Annotated[Line, Field(max_length=16384)]] = Field(max_length=32, description="OpenSSH public key lines accepted by your sessions")
 
 
 @router.post("/users/me/ssh-keys", response_model=SshKeys, responses=errors(401, 422))
@@ -56,10 +64,10 @@ async def add_ssh_keys(body: SshKeys, user: CurrentUser) -> SshKeys:
     return SshKeys(keys=user.ssh_keys)
 
 
-class NewToken(BaseModel):
-    label: str = Field("", max_length=128)
-    kind: str = Field("api", description="api, gateway, or agent (admins: registers agents)")
-    expires_days: float | None = Field(None, description="Lifetime in days; none = never expires")
+class NewToken(WireModel):
+    label: Line = Field("", max_length=128)
+    kind: Line = Field("api", max_length=16, description="api, gateway, or agent (admins: registers agents)")
+    expires_days: float | None = Field(None, gt=0, le=100 * 365, description="Lifetime in days; none = never expires")
 
 
 def _view(row) -> dict:

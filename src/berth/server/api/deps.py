@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth.errors import Forbidden
+from berth.errors import BerthError, Conflict, Forbidden
 from berth.server.db.models import User
 from berth.server.services.accounts import Principal, authenticate
 
@@ -25,21 +26,39 @@ class ErrorBody(BaseModel):
 def errors(*codes: int) -> dict:
     """OpenAPI `responses` for the 4xx answers a route can give."""
     text = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found", 409: "Conflict",
-            422: "Invalid input (the field is named)"}
+            422: "Invalid input (the field is named)", 429: "Too many failed logins (see Retry-After)"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed BEFORE the response is sent (scope="function" below: FastAPI's
+    default runs a yield dependency's exit after the response, so a 200 could precede the commit, or a failed
+    commit go unseen). A database error, in the route or at the commit, answers as an error here."""
     async with request.app.state.sessionmaker() as db:
         try:
             yield db
             await db.commit()
+        except SQLAlchemyError as exc:
+            await db.rollback()
+            raise _not_saved(request, exc) from exc
         except BaseException:
             await db.rollback()
             raise
 
 
-Db = Annotated[AsyncSession, Depends(get_db)]
+def _not_saved(request: Request, exc: SQLAlchemyError) -> BerthError:
+    # The driver's first line names the constraint or the failure; SQLAlchemy's full text would add the
+    # statement's parameters (hashes, sealed secrets) to the log.
+    cause = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0][:300]
+    log_message = f"{request.method} {request.url.path}: nothing saved: {type(exc).__name__}: {cause}"
+    if isinstance(exc, IntegrityError):  # lost a race with a concurrent request (same name, same member, ...)
+        return Conflict("this change conflicts with one made at the same time; nothing was saved: try again",
+                        log_message=log_message)
+    return BerthError("the server could not save this change (database error); nothing was saved: try again",
+                      log_message=log_message)
+
+
+Db = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
 async def get_principal(request: Request, db: Db,

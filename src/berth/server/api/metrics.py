@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from berth.errors import Forbidden, Unauthorized
-from berth.metrics import ExtendRequest, Ingested, MetricsBatch, MetricsView
+from berth.metrics import MAX_POINTS, ExtendRequest, Ingested, MetricsBatch, MetricsView
 from berth.schemas import Role, SessionView
 from berth.server.db.models import utcnow
 from berth.server.prometheus import CONTENT_TYPE
@@ -56,7 +56,7 @@ async def ingest_worker(worker_id: str, body: MetricsBatch, db: Db, principal: C
 
 @router.get("/sessions/{session_id}/metrics", response_model=MetricsView, responses=errors(401, 403, 404, 422))
 async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: datetime | None = None,
-                          end: datetime | None = None, points: int = 1000) -> Response:
+                          end: datetime | None = None, points: int = Query(1000, ge=1, le=MAX_POINTS)) -> Response:
     """Samples in [start, end) in at most `points` epoch-aligned buckets (min/mean/max per series; the first and
     last are clipped to the range). Defaults: the session's whole life (created until stopped, or now); with
     only `start`, until now."""
@@ -69,7 +69,7 @@ async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: dat
 
 @router.get("/workers/{worker_id}/metrics", response_model=MetricsView, responses=errors(401, 404, 422))
 async def worker_metrics(worker_id: str, db: Db, _user: CurrentUser, start: datetime | None = None,
-                         end: datetime | None = None, points: int = 1000) -> Response:
+                         end: datetime | None = None, points: int = Query(1000, ge=1, le=MAX_POINTS)) -> Response:
     """Host samples of a worker (any user may see workers). Defaults: the last hour."""
     await worker_svc.get_worker(db, worker_id)
     end = _utc(end) or utcnow() + _MS

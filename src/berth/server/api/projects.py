@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from berth.fields import Line, Name, WireModel
 from berth.schemas import Role
 from berth.server.db.models import Project, Queue
 from berth.server.services import accounts
@@ -30,8 +31,8 @@ async def list_projects(db: Db, user: CurrentUser) -> list[ProjectView]:
     return out
 
 
-class NewProject(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
+class NewProject(WireModel):
+    name: Name
 
 
 @router.post("/projects", response_model=ProjectView, status_code=201, responses=errors(401, 409, 422))
@@ -44,8 +45,8 @@ async def create_project(body: NewProject, db: Db, user: CurrentUser) -> Project
     return ProjectView(name=body.name, role=Role.admin)
 
 
-class Membership(BaseModel):
-    username: str
+class Membership(WireModel):
+    username: Line = Field(max_length=64)
     role: Role | None = Field(description="viewer, member or admin; null removes the member")
 
 
@@ -58,16 +59,20 @@ class QueueView(BaseModel):
     name: str
 
 
+class NewQueue(WireModel):
+    name: Name
+
+
 @router.get("/queues", response_model=list[QueueView], responses=errors(401))
 async def list_queues(db: Db, _user: CurrentUser) -> list[QueueView]:
     return [QueueView(name=n) for (n,) in await db.execute(select(Queue.name).order_by(Queue.name))]
 
 
 @router.post("/queues", response_model=QueueView, status_code=201, responses=errors(401, 403, 409))
-async def create_queue(body: QueueView, db: Db, _admin: Admin) -> QueueView:
+async def create_queue(body: NewQueue, db: Db, _admin: Admin) -> QueueView:
     from berth.errors import Conflict
 
     if (await db.execute(select(Queue.id).where(Queue.name == body.name))).first():
         raise Conflict(f"queue {body.name!r} exists")
     db.add(Queue(name=body.name))
-    return body
+    return QueueView(name=body.name)

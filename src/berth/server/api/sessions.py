@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from berth.apps import parse_document
+from berth.fields import INT32, WireModel
 from berth.schemas import ConsoleEvent, LaunchRequest, LaunchSecrets, Role, SessionView
 from berth.server.services import sessions as svc
 
@@ -62,7 +63,7 @@ async def request_sync(session_id: str, db: Db, user: CurrentUser, request: Requ
     return view
 
 
-class CloneRequest(BaseModel):
+class CloneRequest(WireModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="Configuration fields to change in the clone")
     secrets: LaunchSecrets = Field(default_factory=LaunchSecrets)
 
@@ -81,7 +82,7 @@ async def export(session_id: str, db: Db, user: CurrentUser) -> dict:
 
 
 @router.get("/{session_id}/events", response_model=list[ConsoleEvent], responses=errors(401, 403, 404, 422))
-async def events(session_id: str, db: Db, user: CurrentUser, request: Request, after: int = Query(0, ge=0),
+async def events(session_id: str, db: Db, user: CurrentUser, request: Request, after: int = Query(0, ge=0, le=INT32),
                  wait: float = Query(0, ge=0, le=60), limit: int = Query(500, ge=1, le=5000)) -> list[ConsoleEvent]:
     """Console lines after id `after`; with `wait`, held open until there is one (long poll)."""
     await svc.readable_session(db, user, session_id)

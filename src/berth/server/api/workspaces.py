@@ -20,6 +20,7 @@ from .deps import Admin, Caller, Db, errors
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 _MAX_MANIFEST_BYTES = 256 << 20
+_MAX_GRACE_S = 10 * 365 * 86400.0
 _BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 _BINARY_REPLY = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
@@ -125,7 +126,7 @@ async def read_pack(snapshot_id: str, body: ReadRequest, db: Db, principal: Call
 
 
 @router.post("/gc", response_model=GcReport, responses=errors(401, 403, 422))
-async def collect_garbage(_admin: Admin, request: Request, grace_s: float | None = Query(None, ge=0)) -> GcReport:
+async def collect_garbage(_admin: Admin, request: Request, grace_s: float | None = Query(None, ge=0, le=_MAX_GRACE_S)) -> GcReport:
     """Delete packs no snapshot references (older than the grace period) and orphaned store objects now."""
     settings = request.app.state.settings
     return await svc.gc(request.app.state.sessionmaker, _store(request),

@@ -75,6 +75,17 @@ class ProjectMember(Base):
     role: Mapped[str] = mapped_column(String(16))
 
 
+class LoginAttempt(Base):
+    """Recent logins for throttling, in the database so that every replica counts the same: failures keyed
+    `user:NAME` and `addr:ADDRESS` (kept for the window), successes keyed `ok:ADDRESS NAME` (trusted addresses)."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_key_ts", "key", "ts_ms"), Index("ix_login_attempts_ts", "ts_ms"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    ts_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class Queue(Base):
     __tablename__ = "queues"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps.common import DEFAULT_PROJECT
 from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from berth.schemas import Role
+from berth.schemas import Role, SessionStatus
 from berth.server.db.models import ApiToken, Project, ProjectMember, Queue, Session, User, Worker, utcnow
 
-from . import security
+from . import login_throttle, security
 
 log = logging.getLogger("berth.server")
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
@@ -59,24 +59,38 @@ async def authenticate(db: AsyncSession, token: str | None, *, agent_token: str 
             raise Unauthorized("invalid worker token")
         return Principal(kind="worker", worker=worker)
     if kind == "session":
-        sid = (await db.execute(select(Session.id).where(Session.session_token_hash == digest))).scalar_one_or_none()
-        if sid is None:
+        found = (await db.execute(select(Session.id, Session.status).where(Session.session_token_hash == digest))).first()
+        if found is None:
             raise Unauthorized("invalid session token")
-        return Principal(kind="session", session_id=sid)
+        if SessionStatus(found.status).is_final:  # a session's token dies with the session
+            raise Unauthorized(f"session {found.id} is {found.status}: its token ended with it")
+        return Principal(kind="session", session_id=found.id)
     raise Unauthorized("invalid token")
 
 
-async def login(db: AsyncSession, username: str, password: str, token_days: float) -> tuple[str, User]:
+async def login(db: AsyncSession, username: str, password: str, token_days: float, *, address: str,
+                limits: login_throttle.Limits) -> tuple[str, User]:
+    """`address`: the client's, from the connection (or a configured proxy). Throttled before any hashing."""
+    await login_throttle.check(db, limits, username, address)
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     # Verify against a dummy hash for unknown users so timing does not reveal which names exist.
-    ok = security.verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    ok = await security.verify_password(user.password_hash if user else await _dummy_hash(), password)
     if user is None or not ok:
-        raise Unauthorized("wrong username or password", log_message=f"failed login for {username!r}")
+        await login_throttle.record_failure(db, limits, username, address)
+        await db.commit()  # the failure must count although this request ends in an error (which rolls back)
+        raise Unauthorized("wrong username or password", log_message=f"failed login for {username[:64]!r} from {address}")
+    await login_throttle.record_success(db, limits, username, address)
     token = await create_token(db, user, kind="api", label="login", expires_days=token_days)
     return token[1], user
 
 
-_DUMMY_HASH = security.hash_password("berth-dummy-password")
+_DUMMY: list[str] = []
+
+
+async def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(await security.hash_password("berth-dummy-password"))
+    return _DUMMY[0]
 
 
 async def create_token(db: AsyncSession, user: User | None, *, kind: str, label: str, expires_days: float | None) -> tuple[ApiToken, str]:
@@ -117,7 +131,7 @@ async def create_user(db: AsyncSession, username: str, password: str, *, is_admi
         raise InvalidInput("password: at least 8 characters", field="password")
     if (await db.execute(select(User.id).where(User.username == username))).first():
         raise Conflict(f"user {username!r} exists")
-    user = User(username=username, password_hash=security.hash_password(password), is_admin=is_admin, ssh_keys=[])
+    user = User(username=username, password_hash=await security.hash_password(password), is_admin=is_admin, ssh_keys=[])
     db.add(user)
     await db.flush()
     # Everyone may use the default project, as in the seed's "Interactive Session" project.
@@ -157,9 +171,22 @@ async def role_in(db: AsyncSession, user: User, project_id: int) -> Role | None:
     return Role(row) if row else None
 
 
-async def require_role(db: AsyncSession, user: User, project: Project, needed: Role) -> Role:
-    role = await role_in(db, user, project.id)
+async def require_role(db: AsyncSession, user: User, project_id: int | None, needed: Role,
+                       missing: NotFound | None) -> Role:
+    """The one access rule for things that live in a project.
+
+    `project_id` None means the thing looked up does not exist. A caller with no role in the project cannot
+    see what it holds, so gets `missing`: the very answer for a thing that does not exist (whether it exists
+    does not leak). Only a caller who can see it but whose role is below `needed` gets 403. `missing` None:
+    the caller already knows the project exists (a name they chose), so no role at all is 403 too.
+    """
+    role = await role_in(db, user, project_id) if project_id is not None else None
+    if role is None and missing is not None:
+        if project_id is not None:
+            log.info("user %s denied %s on project id %s (answered as not found)", user.username, needed.value, project_id)
+        raise missing
     if role is None or role.rank < needed.rank:
+        project = await db.get(Project, project_id)
         raise Forbidden(f"you need the {needed.value} role in project {project.name!r}",
                         log_message=f"user {user.username} denied {needed.value} on project {project.name}")
     return role
@@ -173,15 +200,14 @@ async def project_for_launch(db: AsyncSession, user: User, name: str) -> Project
         db.add(ProjectMember(project_id=project.id, user_id=user.id, role=Role.admin.value))
         await db.flush()
         return project
-    await require_role(db, user, project, Role.member)
+    # The name is taken (a new one would create the project): saying so reveals nothing more than POST /projects' 409.
+    await require_role(db, user, project.id, Role.member, None)
     return project
 
 
 async def set_member(db: AsyncSession, actor: User, project_name: str, username: str, role: Role | None) -> None:
     project = (await db.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
-    if project is None:
-        raise NotFound(f"no project {project_name!r}")
-    await require_role(db, actor, project, Role.admin)
+    await require_role(db, actor, project.id if project else None, Role.admin, NotFound(f"no project {project_name!r}"))
     target = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     if target is None:
         raise NotFound(f"no user {username!r}")

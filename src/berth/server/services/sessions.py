@@ -46,10 +46,13 @@ async def get_session(db: AsyncSession, session_id: str) -> Session:
     return row
 
 
-async def readable_session(db: AsyncSession, user: User, session_id: str, needed: Role = Role.viewer) -> Session:
-    row = await get_session(db, session_id)
-    project = await db.get(Project, row.project_id)
-    await accounts.require_role(db, user, project, needed)
+async def readable_session(db: AsyncSession, user: User, session_id: str, needed: Role = Role.viewer,
+                           missing: NotFound | None = None) -> Session:
+    """The session, if `user` may see it (any role in its project) and holds `needed`. One answer, `missing`
+    (default: no session), whether it does not exist or the user cannot see it."""
+    row = await db.get(Session, session_id)
+    await accounts.require_role(db, user, row.project_id if row else None, needed,
+                                missing or NotFound(f"no session {session_id!r}"))
     return row
 
 
@@ -62,7 +65,7 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
     if config.restore_session:
         try:
             await readable_session(db, user, config.restore_session)
-        except (NotFound, accounts.Forbidden):
+        except NotFound:
             raise InvalidInput(f"config.restore_session: no session {config.restore_session!r} you can read",
                                field="config.restore_session") from None
     project = await accounts.project_for_launch(db, user, config.project)

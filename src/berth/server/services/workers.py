@@ -71,9 +71,12 @@ async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
         await db.refresh(row)
         owner = await db.get(User, row.owner_id)
         await add_event(db, sid, f"status: starting on worker {worker.name!r}")
-        return Assignment(session_id=sid, session_token=token, app=row.app, config=row.config,
-                          secrets=LaunchSecrets.model_validate(secretbox.box(db).open_values(row.secrets or {})), owner=owner.username,
-                          owner_ssh_keys=list(owner.ssh_keys or []), restored_from=row.restored_from)
+        secrets = LaunchSecrets.model_validate(secretbox.box(db).open_values(row.secrets or {}))
+        # Deleted in the claim's own transaction: from now on only the agent holds them. An agent that dies
+        # before handing them to the supervisor leaves a session that cannot clone: it fails (relaunch it).
+        row.secrets = {}
+        return Assignment(session_id=sid, session_token=token, app=row.app, config=row.config, secrets=secrets,
+                          owner=owner.username, owner_ssh_keys=list(owner.ssh_keys or []), restored_from=row.restored_from)
     return None
 
 

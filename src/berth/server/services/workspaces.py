@@ -68,21 +68,25 @@ async def writable_session(db: AsyncSession, principal: Principal, session_id: s
     return row
 
 
-async def readable_session(db: AsyncSession, principal: Principal, session_id: str) -> Session:
-    """Users: viewer role in the session's project. Supervisors: their own session and the one they restore."""
+async def readable_session(db: AsyncSession, principal: Principal, session_id: str,
+                           missing: NotFound | None = None) -> Session:
+    """Users: viewer role in the session's project. Supervisors: their own session and the one they restore.
+    Anything else is answered as `missing` (default: no session), the answer for one that does not exist."""
+    missing = missing or NotFound(f"no session {session_id!r}")
     if principal.kind == "session":
         own = await session_svc.get_session(db, principal.session_id)
         if session_id not in (own.id, own.restored_from):
-            raise Forbidden("a session may read only its own snapshots and those of the session it restores")
+            raise missing
         return await session_svc.get_session(db, session_id)
-    return await session_svc.readable_session(db, principal.require_user(), session_id)
+    return await session_svc.readable_session(db, principal.require_user(), session_id, missing=missing)
 
 
 async def readable_snapshot(db: AsyncSession, principal: Principal, snapshot_id: str) -> Snapshot:
     snap = await db.get(Snapshot, snapshot_id)
+    missing = NotFound(f"no snapshot {snapshot_id!r}")
     if snap is None:
-        raise NotFound(f"no snapshot {snapshot_id!r}")
-    await readable_session(db, principal, snap.session_id)
+        raise missing
+    await readable_session(db, principal, snap.session_id, missing)
     return snap
 
 
