@@ -5,7 +5,8 @@
 The workspace looks like an ML user's (as issue #3 describes it): ~20,000 small source files (~80 MB), a git
 repository with history, a 64 MB compressible metrics CSV, and checkpoints/data files of 50-200 MB that
 compress poorly (random bytes) making up the rest: ~1 GiB in all (everything scales with --size-mb). berth goes through the real path: snapshot_to_server / restore_from_server against a real
-`berth server` on a port, run in a child process whose peak RSS is read back. Each figure is the median
+`berth server` on a port, with the files read and written by the as_session helper as a supervisor does it
+(issue #7), run in a child process whose peak RSS is read back (the helper's own memory is not in that figure). Each figure is the median
 of --runs repetitions, each against a fresh chunk namespace (project) and a fresh restic repository;
 the file cache is warm for every tool alike.
 
@@ -121,18 +122,25 @@ def timed(cmd: str, env: dict | None = None) -> float:
 # --- berth, in a child process (for its peak RSS) ---------------------------------------------------
 
 def child(args: list[str]) -> None:
+    import functools
+
+    from berth.agent.as_session import Identity, run_task
+    from berth.agent.sync import SessionEngine
     from berth.client import BerthClient
     from berth.workspace.sync import restore_from_server, snapshot_to_server
 
     op, server, token, session, path, state = args
+    # A supervisor's path: the files are read and written by the as_session helper, the network stays here.
+    engine = SessionEngine(functools.partial(run_task, Identity(os.getuid(), os.getgid())))
 
     async def go() -> dict:
         async with BerthClient(server, token, timeout=120) as client:
             t = time.perf_counter()
             if op == "snapshot":
-                info = await snapshot_to_server(client, session, Path(path), state_dir=Path(state), emit=lambda line: None)
+                info = await snapshot_to_server(client, session, Path(path), state_dir=Path(state), emit=lambda line: None,
+                                                engine=engine)
             else:
-                info = await restore_from_server(client, session, Path(path), emit=lambda line: None)
+                info = await restore_from_server(client, session, Path(path), emit=lambda line: None, engine=engine)
             return {"seconds": time.perf_counter() - t, "files": info.files, "bytes_total": info.bytes_total,
                     "bytes_sent": info.bytes_sent}
 

@@ -27,6 +27,7 @@ import pytest
 
 from berth.agent import environment as envm
 from berth.agent import session_users
+from berth.agent.as_session import Identity, run_task
 from berth.agent.environment import RunAs
 from berth.errors import SetupFailed
 
@@ -408,8 +409,9 @@ async def test_login_wrapper_command_and_login_shell(user, base):
     await envm.create_venv("/usr/bin/python3", venv, user)
     (user.home / ".bash_profile").write_text("export FROM_USER_PROFILE=yes\n")
     wrapper = user.home / ".berth" / "session-shell"
-    envm.write_login_files(user.home, ws, venv, "sess-42", user, wrapper)
-    envm.write_login_files(user.home, ws, venv, "sess-42", user, wrapper)  # twice: ours is not "saved" again
+    args = {"home": str(user.home), "workspace": str(ws), "venv": str(venv), "session_id": "sess-42", "wrapper": str(wrapper)}
+    await run_task(Identity(user.uid, user.gid), "login_files", args)  # as the session does it: as the user
+    await run_task(Identity(user.uid, user.gid), "login_files", args)  # twice: ours is not "saved" again
     assert stat.S_IMODE(wrapper.stat().st_mode) == 0o755
     assert (user.home / ".bash_profile.before-berth").read_text() == "export FROM_USER_PROFILE=yes\n"
     assert (user.home / ".bash_profile").stat().st_uid == user.uid

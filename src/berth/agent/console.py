@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timezone
 
 from berth.client import BerthClient
-from berth.errors import BerthError
+from berth.errors import BerthError, Unauthorized
 from berth.schemas import EventIn
 
 log = logging.getLogger("berth.supervisor")
@@ -68,6 +68,10 @@ class Console:
             batch, self._pending = self._pending[:500], self._pending[500:]
             try:
                 await self._client.post_events(self._session_id, batch)
+            except Unauthorized:  # the session has ended and its token with it: nobody will take these lines
+                log.warning("dropped %d console line(s) written after the session ended", len(batch) + len(self._pending))
+                self._pending = []
+                return
             except BerthError as exc:
                 log.warning("console lines not delivered yet: %s", exc.message)
                 self._pending[:0] = batch

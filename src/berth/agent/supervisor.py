@@ -3,8 +3,9 @@
 Started detached by the agent (``python -m berth.agent.supervisor SESSION_DIR``) so that an agent restart
 does not touch running sessions. It talks to the server with the session's own token.
 
-Steps: identity and home (backend) → workspace → venv → git clone → extra packages → login files →
-init script → SSH server → report active → wait for a stop request → tear down → report stopped.
+Steps: identity and home (backend) → restore → (venv ‖ workspace + login files → git clone ‖ SSH server) →
+extra packages → init script → report active → wait for a stop request → tear down → report stopped.
+Everything in the home is done as the session user (``backend.act_as_session``, the setup commands' run_as).
 Any failed step fails the session with the step's own message and tears down what was made.
 """
 
@@ -31,7 +32,7 @@ from berth.agent.sync import WorkspaceSync
 from berth.workspace.excludes import DEFAULT_EXCLUDES
 from berth.apps import SshSessionConfig
 from berth.client import BerthClient
-from berth.errors import BerthError, Conflict, SetupFailed
+from berth.errors import BerthError, Conflict, SetupFailed, Unauthorized
 from berth.schemas import Assignment, SessionStatus, SshInfo, SupervisorStatus
 
 log = logging.getLogger("berth.supervisor")
@@ -104,7 +105,7 @@ class Supervisor:
                 if self.watchdog is not None:
                     self.watchdog.extend_until(control.extend_until)
                 return True
-            except Conflict:
+            except (Conflict, Unauthorized):  # the server ended the session (its token died with it): tear down
                 self.stop_event.set()
                 return False
             except BerthError as exc:
@@ -127,8 +128,6 @@ class Supervisor:
         # Everything done in the home runs as the session user; the helpers doing it are not the user's load.
         self.act = functools.partial(self.backend.act_as_session, on_start=self.sampler.ignore, on_exit=self.sampler.unignore)
         workspace = expand_workspace(cfg.workspace, home)
-        await self.act("make_dirs", {"paths": [str(workspace)]})
-        c(f"setup: workspace {workspace}")
         max_gb = cfg.workspace_max_gb or self.agent.get("workspace_max_gb") or 50.0
         self.workspace_sync = WorkspaceSync(
             self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.agent.get("sync_minutes") or 10),
@@ -146,13 +145,18 @@ class Supervisor:
         spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
                              authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
                              bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid,
-                             on_input=self.sampler.note_input)
+                             on_input=self.sampler.note_input,
+                             write_home_files=lambda files: self.act("write_files", {"files": files}))
 
         async def python_env() -> None:
             await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
             c(f"setup: python environment {venv}")
 
-        async def git() -> None:
+        async def home_and_git() -> None:
+            # The workspace directory and the login files (they need the venv's path, not the venv), as the user.
+            await self.act("login_files", {"home": str(home), "workspace": str(workspace), "venv": str(venv),
+                                           "session_id": self.id, "wrapper": str(wrapper)})
+            c(f"setup: workspace {workspace}")
             if cfg.git_repo:
                 secrets = self.assignment.secrets
                 await env.clone_git(cfg.git_repo, workspace, branch=cfg.git_branch, commit=cfg.git_commit,
@@ -165,13 +169,11 @@ class Supervisor:
 
         # The init script runs before the SSH server starts; without one the server can start right away.
         early_ssh = not cfg.init_script
-        await _all(python_env(), git(), *([ssh_server()] if early_ssh else []))
+        await _all(python_env(), home_and_git(), *([ssh_server()] if early_ssh else []))
         _remove(self.dir / SECRETS_FILE)  # credentials were only needed to clone
         if cfg.packages:
             c(f"packages: installing {' '.join(cfg.packages)}")
             await env.install_packages(venv, cfg.packages, run_as, emit=lambda m: c(f"packages: {m}"))
-        await self.act("login_files", {"home": str(home), "workspace": str(workspace), "venv": str(venv),
-                                       "session_id": self.id, "wrapper": str(wrapper)})
         if cfg.init_script:
             c("init: running init script")
             await env.run_init_script(cfg.init_script, cwd=workspace, env=session_env, run_as=run_as,
@@ -248,6 +250,8 @@ class Supervisor:
                         self.background.append(asyncio.create_task(self.workspace_sync.sync("on-demand")))
                     self.known_sync = control.sync_requested_at
                 self.known_extend = control.extend_until
+            except Unauthorized:  # the session ended on the server: its token is dead
+                return
             except BerthError as exc:  # server away: keep serving, try again
                 log.warning("watch failed: %s", exc.message)
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -23,6 +23,7 @@ import psutil
 from berth.client import BerthClient
 from berth.ids import new_password
 from berth.errors import BerthError, ServerUnavailable, Unauthorized
+from berth.private_files import ensure_private_dir, open_private, tighten
 from berth.schemas import Assignment, SessionStatus, SupervisorStatus, WorkerRegister
 from berth.settings import AgentSettings
 
@@ -84,10 +85,23 @@ class Agent:
 
     def _save_identity(self, worker_id: str, token: str) -> None:
         path = self.settings.data_dir / IDENTITY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        ensure_private_dir(path.parent)
+        with open_private(path, "w") as f:  # the worker's token
             json.dump({"worker_id": worker_id, "token": token, "server": self.settings.server}, f)
+
+    def _private_data_dir(self) -> None:
+        """The data dir and sessions dir 0700 (they hold the worker's token, session passwords and tokens);
+        what an older berth or a loose umask left readable by others is tightened, in one log line."""
+        data_dir = ensure_private_dir(self.settings.data_dir)
+        ensure_private_dir(self.sessions_dir)
+        paths = [data_dir, data_dir / IDENTITY_FILE, self.sessions_dir]
+        for session_dir in filter(Path.is_dir, self.sessions_dir.iterdir()):
+            # a 0700 session dir is enough to hide what the supervisor keeps there; its secrets go 0600 too
+            paths += [session_dir, *(session_dir / name for name in (ASSIGNMENT_FILE, SECRETS_FILE, "supervisor.log"))]
+        changed = tighten(paths)
+        if changed:
+            log.warning("data dir %s was readable by other users: removed their access from %d path(s) "
+                        "(worker identity, session directories)", data_dir, changed)
 
     async def register(self) -> None:
         s = self.settings
@@ -122,10 +136,11 @@ class Agent:
     # --- sessions ---------------------------------------------------------------------------
     def start_supervisor(self, assignment: Assignment) -> None:
         session_dir = self.sessions_dir / assignment.session_id
-        session_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(session_dir)
         secrets = assignment.secrets.model_dump(exclude_none=True)
         public = assignment.model_copy(update={"secrets": type(assignment.secrets)()})
         agent = {"server": self.settings.server, "backend": self.settings.backend, "homes_dir": str(self.settings.homes_dir),
+                 "runtime_dir": str(self.settings.runtime_dir),
                  "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python,
                  "sync_minutes": self.settings.sync_minutes, "workspace_max_gb": self.settings.workspace_max_gb,
                  "idle_input_window_s": self.settings.idle_input_window_s, "idle_warn_before_s": self.settings.idle_warn_before_s,
@@ -136,7 +151,7 @@ class Agent:
         if self._fork_supervisor(session_dir):
             log.info("session %s: supervisor forked by the zygote", assignment.session_id)
             return
-        log_file = open(session_dir / "supervisor.log", "ab")
+        log_file = open_private(session_dir / "supervisor.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "berth.agent.supervisor", str(session_dir)], stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=log_file, start_new_session=True, close_fds=True, cwd="/")
         log_file.close()
@@ -179,7 +194,7 @@ class Agent:
             except (FileNotFoundError, ValueError, KeyError):
                 continue
             # Tear down first, report after: as with a normal stop, "failed" means nothing of it is left.
-            killed = await clean_up_after_dead_supervisor(sid, session_dir)
+            killed = await clean_up_after_dead_supervisor(sid, session_dir, self.settings.runtime_dir)
             async with BerthClient(self.settings.server, token) as client:
                 with contextlib.suppress(BerthError):
                     await client.report(sid, SupervisorStatus(status=SessionStatus.failed,
@@ -240,8 +255,7 @@ class Agent:
                 self.start_supervisor(assignment)
 
     async def run(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._private_data_dir()
         await self.register()
         self._start_zygote()
         loop = asyncio.get_running_loop()
@@ -261,12 +275,13 @@ class Agent:
         await self.client.aclose()
 
 
-async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path) -> int:
+async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path, runtime_dir: Path | None = None) -> int:
     """What the supervisor would have torn down: its SSH server, the session's processes, its user."""
     import pwd
 
     from .backends.process import session_user_name
-    from .environment import kill_session_processes, remove_session_user
+    from .environment import kill_session_processes
+    from .session_users import remove_session_user
 
     marker = str(session_dir)
     killed = 0
@@ -286,8 +301,10 @@ async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path) -> 
     killed += await asyncio.to_thread(kill_session_processes, session_id, uid=uid, exclude={os.getpid()})
     if uid is not None:
         await remove_session_user(session_user_name(session_id))
-    for name in ("secrets.json", "scratch"):
-        path = session_dir / name
+    leftovers = [session_dir / "secrets.json", session_dir / "scratch", session_dir / "run"]
+    if runtime_dir is not None:
+        leftovers.append(runtime_dir / session_id)  # the supervisor's socket dir (root agents)
+    for path in leftovers:
         if path.is_dir():
             import shutil
 
@@ -307,8 +324,7 @@ def _recent(session_dir: Path, seconds: float = 30.0) -> bool:
 
 
 def _write_private(path: Path, data: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with open_private(path, "w") as f:
         json.dump(data, f)
 
 

@@ -105,3 +105,5 @@ def download(snapshot: str = typer.Argument(..., help="Snapshot id (see `berth w
     else:
         err.print(f"restored snapshot {info.id} of session {info.session_id}: {info.files} files, {human(info.bytes_total)} "
                   f"into {directory}", highlight=False)
+    if info.dropped_bits and not as_json:
+        err.print(info.dropped_bits, highlight=False, markup=False)

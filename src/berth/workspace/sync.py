@@ -44,6 +44,7 @@ class SnapshotInfo:
     bytes_total: int
     bytes_new: int  # stored bytes this snapshot added (0 for a restore of an existing one)
     bytes_sent: int = 0  # bytes this call uploaded (a resumed sync sends less than bytes_new)
+    dropped_bits: str | None = None  # a restore: which entries came back without their setuid/setgid bits
 
     @classmethod
     def of(cls, view: SnapshotView, bytes_sent: int = 0) -> SnapshotInfo:
@@ -265,10 +266,13 @@ async def restore_snapshot(client: BerthClient, snapshot_id: str, dest: Path, *,
         api.close()
     emit(f"workspace: restored snapshot {view.id} of session {view.session_id}: {result.files} files, "
          f"{human(result.bytes_total)} in {time.monotonic() - started:.1f} s")
+    info = SnapshotInfo.of(view)
     if result.dropped_bits:
-        shown = ", ".join(result.dropped_bits[:3]) + (f" and {len(result.dropped_bits) - 3} more" if len(result.dropped_bits) > 3 else "")
-        emit(f"workspace: setuid/setgid bits are never restored: dropped them from {shown}")
-    return SnapshotInfo.of(view)
+        more = len(result.dropped_bits) - 3
+        info.dropped_bits = (f"setuid/setgid bits are never restored: dropped them from {', '.join(result.dropped_bits[:3])}"
+                             + (f" and {more} more" if more > 0 else ""))
+        emit(f"workspace: {info.dropped_bits}")
+    return info
 
 
 async def restore_from_server(client: BerthClient, source_session_id: str, dest: Path, *, emit: Callable[[str], None] = print,

@@ -6,6 +6,16 @@ user's to change. Anything the supervisor does there (restore, snapshot, login f
 identity (``SessionBackend.identity``) and run tasks through ``SessionBackend.act_as_session``.
 """
 
-from .runner import Identity, run_task
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Identity", "run_task"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: the helper imports this package and must start fast
+    if name in __all__:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

@@ -1,24 +1,51 @@
-"""The helper process: ``python -m berth.agent.as_session.helper UID GID`` runs one task as that user.
+"""The helper process: ``python -m berth.agent.as_session.helper UID GID TASK`` runs one task as that user.
 
-Started by a root supervisor, it imports everything it needs first (the agent's Python may be unreadable
-to session users), then drops every privilege (supplementary groups, gid, uid, in that order) before it
-reads its task. A process that changed its credentials is not dumpable, so the session user can signal
+Started by a root supervisor, it imports what the task needs first (the agent's Python may be unreadable
+to session users; only that task's module, to start fast), then drops every privilege (supplementary
+groups, gid, uid, in that order) before it reads the task's arguments. A process that changed its credentials is not dumpable, so the session user can signal
 it but cannot trace it or read its memory; it holds no secret anyway (network calls stay with the
 supervisor, which the helper asks through the channel).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
 import traceback
-from concurrent.futures import Future
 from typing import Any
 
 from berth.errors import BerthError
 
 from . import protocol
+
+# task -> module of this package holding a function of that name
+TASKS = {"snapshot": "workspace_tasks", "restore": "workspace_tasks", "make_dirs": "file_tasks",
+         "write_files": "file_tasks", "login_files": "file_tasks"}
+
+
+class Future:
+    """The reply to one call (concurrent.futures costs a helper ~30 ms of start-up for this)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def drop_privileges(uid: int, gid: int) -> None:
@@ -86,19 +113,20 @@ class Channel:
 
 
 def main() -> None:
-    uid, gid = int(sys.argv[1]), int(sys.argv[2])
-    from . import tasks  # before dropping privileges: see the module docstring
-
+    uid, gid, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    if name not in TASKS:
+        raise SystemExit(f"as_session helper: unknown task {name!r}")
+    task = getattr(importlib.import_module(f"{__package__}.{TASKS[name]}"), name)  # before dropping privileges
     drop_privileges(uid, gid)
     os.umask(0o077)  # what the helper creates is private unless a task says otherwise
     channel = Channel(sys.stdin.buffer, sys.stdout.buffer)
     start = protocol.read_frame_blocking(channel.rfile)
     threading.Thread(target=channel.serve_replies, daemon=True, name="replies").start()
-    task = tasks.TASKS.get(start.get("task"))
     try:
-        if task is None:
-            raise BerthError(f"unknown task {start.get('task')!r}")
-        result = task(channel, **start.get("args", {}))
+        args = start.get("args")
+        if start.get("task") != name or not isinstance(args, dict):
+            raise BerthError(f"the supervisor asked for {start.get('task')!r}, this helper runs {name!r}")
+        result = task(channel, **args)
         channel.send({"t": "done", "result": result})
     except BerthError as exc:
         channel.send({"t": "error", "message": exc.message})

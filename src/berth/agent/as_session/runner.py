@@ -1,6 +1,6 @@
 """The supervisor's end: run one helper task with a session's identity and serve its calls.
 
-``run_task`` starts ``python -m berth.agent.as_session.helper UID GID`` (as root it drops to UID/GID
+``run_task`` starts ``python -m berth.agent.as_session.helper UID GID TASK`` (as root it drops to UID/GID
 before reading anything), sends the task, relays its console lines and progress, answers its calls
 with the `handlers` given (network I/O stays here, with the session's token), and returns the task's
 result. A helper that fails, dies or breaks the protocol raises `error` with a message naming the task.
@@ -91,10 +91,10 @@ async def run_task(identity: Identity, task: str, args: dict[str, Any], *, handl
                    emit: Callable[[str], None] | None = None, progress: Callable[[int, int], None] | None = None,
                    error: type[BerthError] = SetupFailed, on_start: Callable[[int], None] | None = None,
                    on_exit: Callable[[int], None] | None = None) -> Any:
-    """Run `task` (see ``tasks.TASKS``) as `identity`; `on_start(pid)`/`on_exit(pid)` let the caller keep the
+    """Run `task` (see ``helper.TASKS``) as `identity`; `on_start(pid)`/`on_exit(pid)` let the caller keep the
     helper out of the session's resource samples (it works for the supervisor, not for the user)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "berth.agent.as_session.helper", str(identity.uid), str(identity.gid),
+        sys.executable, "-m", "berth.agent.as_session.helper", str(identity.uid), str(identity.gid), task,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=_ENV, cwd="/", start_new_session=True, limit=1 << 16)
     if on_start:

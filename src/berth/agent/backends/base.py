@@ -9,7 +9,7 @@ Required methods:
 
 Optional:
     ``describe()``        one console line saying what isolation the session gets
-    ``act_as_session()``  run a file task (``berth.agent.as_session.tasks``) as ``identity()``: restore, snapshot,
+    ``act_as_session()``  run a file task (``berth.agent.as_session.helper.TASKS``) as ``identity()``: restore, snapshot,
                           login files, helpers in the home. Never do such work as root on paths the user controls.
 """
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 from berth.agent.as_session import Identity
 from berth.agent.environment import RunAs, kill_session_processes

@@ -1,0 +1,67 @@
+"""The files a login needs: sshd's forced-command wrapper and the session's ~/.bash_profile.
+
+Written by the session user itself (the ``login_files`` task of ``berth.agent.as_session``); kept free of heavy
+imports because that helper starts for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+_MARKER = "# berth session "
+_SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/lib/ssh/sftp-server")
+
+
+def _atomic_write(path: Path, text: str, mode: int) -> None:
+    """Write via a temp file + rename: sshd or a login never sees half a file, and a link there is replaced."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def write_login_files(home: Path, workspace: Path, venv: Path, session_id: str, wrapper_path: Path) -> None:
+    """Write sshd's forced-command wrapper and home/.bash_profile (see the docstring of each file), as whoever
+    calls it: the session user, through ``berth.agent.as_session``."""
+    q, home, wrapper_path = shlex.quote, Path(home), Path(wrapper_path)
+    exports = (f"VIRTUAL_ENV={q(str(venv))} BERTH_SESSION_ID={q(session_id)} "
+               f"BERTH_WORKSPACE={q(str(workspace))}")
+    sftp = next((p for p in _SFTP_SERVERS if os.path.exists(p)), _SFTP_SERVERS[0])
+    wrapper = f"""#!/bin/bash
+{_MARKER}{session_id}: sshd runs this for every connection (ForceCommand), so that commands,
+# sftp and interactive shells all get the session environment and start in the workspace.
+export HOME={q(str(home))} {exports}
+export PATH="$VIRTUAL_ENV/bin:{BASE_PATH}" SHELL=/bin/bash LANG="${{LANG:-C.UTF-8}}"
+cd "$BERTH_WORKSPACE" 2>/dev/null || cd "$HOME" 2>/dev/null
+case "$SSH_ORIGINAL_COMMAND" in
+  "") exec /bin/bash -l ;;
+  internal-sftp*) exec {q(sftp)} ;;  # ForceCommand also receives the sftp subsystem
+  *) exec /bin/bash -c "$SSH_ORIGINAL_COMMAND" ;;
+esac
+"""
+    if not wrapper_path.parent.exists():
+        wrapper_path.parent.mkdir(parents=True)
+        os.chmod(wrapper_path.parent, 0o755)  # whatever our umask: the session user must reach it
+    _atomic_write(wrapper_path, wrapper, 0o755)
+
+    profile = f"""{_MARKER}{session_id}: written by berth; a previous ~/.bash_profile is kept as
+# ~/.bash_profile.before-berth and sourced here.
+if [ -f ~/.bash_profile.before-berth ]; then . ~/.bash_profile.before-berth
+elif [ -f ~/.profile ]; then . ~/.profile  # Debian's ~/.profile sources ~/.bashrc itself
+else case $- in *i*) [ -f ~/.bashrc ] && . ~/.bashrc ;; esac
+fi
+# Debian's /etc/profile resets PATH for login shells: activate the session venv again.
+export {exports}
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+cd "$BERTH_WORKSPACE" 2>/dev/null || true
+"""
+    path = home / ".bash_profile"
+    if os.path.lexists(path) and (path.is_symlink() or not path.read_text(errors="replace").startswith(_MARKER)):
+        os.replace(path, home / ".bash_profile.before-berth")  # the user's own: keep it, ours sources it
+    _atomic_write(path, profile, 0o644)
