@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from berth.agent import environment as envm
+from berth.agent import processes
 from berth.agent import session_users
 from berth.agent.as_session import Identity, run_task
 from berth.agent.environment import RunAs
@@ -50,7 +51,7 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            if not envm._alive(psutil.Process(pid)):
+            if not processes._alive(psutil.Process(pid)):
                 return True
         except psutil.NoSuchProcess:
             return True
@@ -397,7 +398,7 @@ async def test_init_script_background_job_does_not_block(user, base):
             await asyncio.sleep(0.05)
         assert lines == ["started", "late"]
     finally:
-        assert envm.kill_session_processes(sid) >= 1  # the sleep (bash may have exec'd into it)
+        assert processes.kill_session_processes(sid) >= 1  # the sleep (bash may have exec'd into it)
 
 
 # ------------------------------------------------------------------------------------ login files
@@ -444,11 +445,11 @@ def test_kill_session_processes_finds_double_forked():
     other = subprocess.Popen(["sleep", "100"], env={"PATH": "/usr/bin:/bin", "BERTH_SESSION_ID": sid + "x"})
     try:
         t0 = time.monotonic()
-        assert envm.kill_session_processes(sid, exclude={other.pid}) == 2
+        assert processes.kill_session_processes(sid, exclude={other.pid}) == 2
         assert time.monotonic() - t0 < 1.5  # sleep dies on TERM: no wait for the KILL round
         assert plain.wait(timeout=5) == -signal.SIGTERM and wait_gone(orphan)
         assert other.poll() is None  # another session's process is left alone
-        assert envm.kill_session_processes(sid) == 0
+        assert processes.kill_session_processes(sid) == 0
     finally:
         for p in (plain, other):
             p.kill()
@@ -463,7 +464,7 @@ def test_kill_session_processes_escalates_to_sigkill_within_bound():
     assert stubborn.stdout.readline().strip() == "ready"
     try:
         t0 = time.monotonic()
-        assert envm.kill_session_processes(sid) == 2  # bash and its sleep (which inherits the ignored TERM)
+        assert processes.kill_session_processes(sid) == 2  # bash and its sleep (which inherits the ignored TERM)
         elapsed = time.monotonic() - t0
         assert 1.9 < elapsed < 3.5 and stubborn.wait(timeout=1) == -signal.SIGKILL
     finally:
@@ -475,7 +476,7 @@ def test_kill_session_processes_escalates_to_sigkill_within_bound():
 def test_kill_session_processes_by_uid(user):
     p = subprocess.Popen(["sleep", "100"], user=user.uid, group=user.gid, extra_groups=[], env={}, start_new_session=True)
     try:
-        assert envm.kill_session_processes("unrelated-" + uuid.uuid4().hex, uid=user.uid, exclude={os.getpid()}) == 1
+        assert processes.kill_session_processes("unrelated-" + uuid.uuid4().hex, uid=user.uid, exclude={os.getpid()}) == 1
         assert p.wait(timeout=5) == -signal.SIGTERM
     finally:
         p.kill()

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from berth.agent import environment as envm
+from berth.agent import processes
 from berth.agent.environment import RunAs
 from berth.errors import SetupFailed
 
@@ -144,7 +145,7 @@ async def test_run_cancel_kills_process_group(tmp_path):
     pid = int(marker.read_text())
     for _ in range(100):
         try:
-            if not envm._alive(psutil.Process(pid)):
+            if not processes._alive(psutil.Process(pid)):
                 break
         except psutil.NoSuchProcess:
             break

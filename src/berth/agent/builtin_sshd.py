@@ -134,15 +134,6 @@ class _HomeSFTPServer(asyncssh.SFTPServer):
         return path if path.startswith(b"/") else posixpath.join(self._home, path)
 
 
-def _refuse_sha1_rsa_signatures() -> None:
-    """asyncssh servers advertise their signature_algs but verify a user's key with whatever algorithm the client
-    signed with, SHA-1 `ssh-rsa` included. Verification looks the algorithm up in the key class's
-    `all_sig_algorithms`: without `ssh-rsa` there, such a signature fails. This process (a supervisor) serves
-    SSH and signs nothing with RSA, so narrowing it process-wide costs nothing else."""
-    rsa = asyncssh.rsa.RSAKey
-    rsa.all_sig_algorithms = {alg for alg in rsa.all_sig_algorithms if alg != b"ssh-rsa"}
-
-
 class _Auth(asyncssh.SSHServer):
     def __init__(self, server: BuiltinSshd):
         self._server = server
@@ -243,7 +234,7 @@ class BuiltinSshd:
                 f.write(key.export_private_key())
         host_key = " ".join(key.export_public_key("openssh").decode().split()[:2])
         home = os.fsencode(str(self.spec.home))
-        _refuse_sha1_rsa_signatures()
+        ssh_algorithms.refuse_sha1_rsa_user_signatures()
         try:
             self._acceptor = await asyncssh.create_server(
                 lambda: _Auth(self), self.spec.bind_host, self.spec.port or 0,

@@ -24,20 +24,18 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from berth.agent.login_files import BASE_PATH
+from berth.agent.processes import SESSION_ENV_VAR
 from berth.errors import SetupFailed
 
 Emit = Callable[[str], None]
 
-SESSION_ENV_VAR = "BERTH_SESSION_ID"
 _TAIL = 15  # lines of a failing tool's output kept for the error message
 _MAX_LINE = 4000
 _PASSTHROUGH = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
@@ -414,42 +412,3 @@ def session_env(session_id: str, run_as: RunAs, venv: Path, workspace: Path,
            "LANG": "C.UTF-8", **(extra or {})}
     env[SESSION_ENV_VAR] = session_id  # set last: teardown finds the session's processes by it
     return env
-
-
-# ------------------------------------------------------------------------------------- teardown
-
-def kill_session_processes(session_id: str, *, uid: int | None = None, exclude: Iterable[int] = frozenset()) -> int:
-    """SIGTERM, then SIGKILL after ~2 s, every process carrying BERTH_SESSION_ID=session_id (and every
-    process of uid, when given). Never the caller, `exclude` or pid 1. Returns how many were signalled."""
-    return kill_matching(session_id, uid, {*exclude, os.getpid()})
-
-
-def _matches(proc: psutil.Process, session_id: str | None, uid: int | None) -> bool:
-    try:
-        if uid is not None and uid in proc.uids()[:2] and proc.status() != psutil.STATUS_ZOMBIE:
-            return True
-        return session_id is not None and proc.environ().get(SESSION_ENV_VAR) == session_id
-    except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, a zombie, or not ours to read
-        return False
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE  # a zombie is dead, just unreaped
-    except psutil.NoSuchProcess:
-        return False
-
-
-def kill_matching(session_id: str | None, uid: int | None, exclude: set[int]) -> int:
-    signalled: dict[int, psutil.Process] = {}
-    # TERM first so servers can clean up; the KILL round rescans, catching what was forked meanwhile.
-    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):
-        for proc in psutil.process_iter():
-            if proc.pid > 1 and proc.pid not in exclude and _matches(proc, session_id, uid):
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    proc.send_signal(sig)
-                    signalled[proc.pid] = proc
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in signalled.values()):
-            time.sleep(0.05)
-    return len(signalled)

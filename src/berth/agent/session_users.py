@@ -20,7 +20,8 @@ from pathlib import Path
 
 from berth.errors import SetupFailed
 
-from .environment import RunAs, kill_matching, redact, run_command
+from .environment import RunAs, redact, run_command
+from .processes import kill_matching
 
 GECOS = "berth session"
 FIRST_ID = 3_000_000  # above distribution ranges and the usual /etc/subuid container ranges

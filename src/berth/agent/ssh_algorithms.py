@@ -149,3 +149,14 @@ async def report_weaker(name: str, bind_host: str, port: int, log: Callable[[str
         return
     if weaker:
         log(f"{name} offers the strongest set its build allows, weaker than OpenSSH: {'; '.join(weaker)}")
+
+
+def refuse_sha1_rsa_user_signatures() -> None:
+    """asyncssh servers advertise their signature_algs but verify a user's key with whatever algorithm the client
+    signed with, SHA-1 `ssh-rsa` included. Verification looks the algorithm up in the key class's
+    `all_sig_algorithms`: without `ssh-rsa` there, such a signature fails. This process (a supervisor) serves
+    SSH and signs nothing with RSA, so narrowing it process-wide costs nothing else."""
+    import asyncssh.rsa
+
+    rsa = asyncssh.rsa.RSAKey
+    rsa.all_sig_algorithms = {alg for alg in rsa.all_sig_algorithms if alg != b"ssh-rsa"}

@@ -280,7 +280,7 @@ async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path, run
     import pwd
 
     from .backends.process import session_user_name
-    from .environment import kill_session_processes
+    from .processes import kill_session_processes
     from .session_users import remove_session_user
 
     marker = str(session_dir)

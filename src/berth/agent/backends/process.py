@@ -10,7 +10,8 @@ import asyncio
 import os
 
 from berth.agent.as_session import Identity
-from berth.agent.environment import RunAs, kill_session_processes
+from berth.agent.environment import RunAs
+from berth.agent.processes import kill_session_processes
 from berth.agent.session_users import create_session_user, remove_session_user
 
 from .base import SessionBackend, SessionHost
