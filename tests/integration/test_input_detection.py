@@ -116,7 +116,7 @@ async def test_warnings_reach_the_users_terminal(server):
         await asyncio.to_thread(sampler.sample)
         assert await asyncio.to_thread(warn_terminals, sampler.ttys(), "idle for 3 h 50 min") == 1  # through the pty
         assert "*** berth: idle for 3 h 50 min ***" in await read_until(proc.stdout, "50 min ***")
-        assert srv._builtin.notify_terminals("shutting down in 10 min") == 1  # through the channel
+        assert srv.notify_terminals("shutting down in 10 min") == 1  # through the channel
         assert "*** berth: shutting down in 10 min ***" in await read_until(proc.stdout, "10 min ***")
         proc.stdin.write("exit\n")
         await proc.wait_closed()

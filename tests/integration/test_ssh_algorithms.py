@@ -1,5 +1,5 @@
 """Per-session SSH servers offer only modern algorithms, and real OpenSSH, asyncssh and paramiko clients
-still connect. The expected sets are written out here, independently of berth.agent.ssh_algorithms."""
+still connect. The expected sets are written out here, independently of berth.agent.ssh.algorithms."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from berth.agent import ssh_algorithms as algs
+from berth.agent.ssh import algorithms as algs
 
 
 def test_weaker_than_modern_names_only_real_algorithms_outside_the_set():

@@ -1,4 +1,4 @@
-"""berth.agent.ssh: choosing a server kind, host key fingerprints, key files."""
+"""berth.agent.ssh: choosing a server kind (choice.py), host key fingerprints, key files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import subprocess
 import pytest
 
 from berth.agent import ssh
+from berth.agent.ssh import choice, dropbear, process
+from berth.errors import SetupFailed
 
-HAVE_SSHD = os.access(ssh.SSHD, os.X_OK)
-HAVE_DROPBEAR = os.access(ssh.DROPBEAR, os.X_OK)
+HAVE_SSHD = os.access(choice.SSHD, os.X_OK)
+HAVE_DROPBEAR = os.access(choice.DROPBEAR, os.X_OK)
 DEVPTS_GID5 = "devpts /dev/pts devpts rw,nosuid,noexec,relatime,gid={gid},mode=620,ptmxmode=666 0 0\n"
 DEVPTS_NOGID = "devpts /dev/pts devpts rw,relatime,mode=600,ptmxmode=000 0 0\n"
 
@@ -29,61 +31,61 @@ def host(tmp_path, monkeypatch):
     ptmx.write_text("")
     mounts = tmp_path / "mounts"
     mounts.write_text(DEVPTS_GID5.format(gid=12345))
-    monkeypatch.setattr(ssh, "SSHD", str(exe))
-    monkeypatch.setattr(ssh, "DROPBEAR", str(exe))
-    monkeypatch.setattr(ssh, "SHADOW", str(shadow))
-    monkeypatch.setattr(ssh, "PTMX", str(ptmx))
-    monkeypatch.setattr(ssh, "MOUNTS", str(mounts))
-    monkeypatch.setattr(ssh, "_tty_gid", lambda: 12345)  # a group this test process is not in
+    monkeypatch.setattr(choice, "SSHD", str(exe))
+    monkeypatch.setattr(choice, "DROPBEAR", str(exe))
+    monkeypatch.setattr(choice, "SHADOW", str(shadow))
+    monkeypatch.setattr(choice, "PTMX", str(ptmx))
+    monkeypatch.setattr(choice, "MOUNTS", str(mounts))
+    monkeypatch.setattr(choice, "_tty_gid", lambda: 12345)  # a group this test process is not in
     return {"missing": str(tmp_path / "missing"), "mounts": mounts}
 
 
 def test_root_prefers_openssh_unless_dropbear_asked(host):
-    assert ssh.choose_kind(False, True)[0] == "openssh"
-    assert ssh.choose_kind(True, True)[0] == "dropbear"
+    assert choice.choose_kind(False, True)[0] == "openssh"
+    assert choice.choose_kind(True, True)[0] == "dropbear"
 
 
 def test_root_falls_back_to_what_is_installed(host, monkeypatch):
-    monkeypatch.setattr(ssh, "DROPBEAR", host["missing"])
-    kind, reason = ssh.choose_kind(True, True)
+    monkeypatch.setattr(choice, "DROPBEAR", host["missing"])
+    kind, reason = choice.choose_kind(True, True)
     assert kind == "openssh" and "dropbear" in reason
-    monkeypatch.setattr(ssh, "SSHD", host["missing"])
-    assert ssh.choose_kind(False, True)[0] == "builtin"
+    monkeypatch.setattr(choice, "SSHD", host["missing"])
+    assert choice.choose_kind(False, True)[0] == "builtin"
 
 
 def test_nonroot_uses_dropbear_when_it_can_work(host):
     for want in (False, True):
-        kind, reason = ssh.choose_kind(want, False)
+        kind, reason = choice.choose_kind(want, False)
         assert kind == "dropbear", reason
         assert "\n" not in reason
 
 
 def test_nonroot_without_shadow_uses_builtin(host, monkeypatch):
-    monkeypatch.setattr(ssh, "SHADOW", host["missing"])
+    monkeypatch.setattr(choice, "SHADOW", host["missing"])
     for want in (False, True):
-        kind, reason = ssh.choose_kind(want, False)
+        kind, reason = choice.choose_kind(want, False)
         assert kind == "builtin"
         assert reason == "dropbear cannot check passwords as a non-root user here; using the built-in SSH server"
 
 
 def test_nonroot_without_tty_group_ptys_uses_builtin(host):
     host["mounts"].write_text(DEVPTS_NOGID)
-    kind, reason = ssh.choose_kind(False, False)
+    kind, reason = choice.choose_kind(False, False)
     assert kind == "builtin" and "terminals" in reason
 
 
 def test_nonroot_without_dropbear_uses_builtin(host, monkeypatch):
-    monkeypatch.setattr(ssh, "DROPBEAR", host["missing"])
-    kind, reason = ssh.choose_kind(True, False)
+    monkeypatch.setattr(choice, "DROPBEAR", host["missing"])
+    kind, reason = choice.choose_kind(True, False)
     assert kind == "builtin" and "not installed" in reason
 
 
 def test_pty_check_reads_devpts_gid(host):
-    assert ssh._nonroot_pty_ok()
+    assert choice._nonroot_pty_ok()
     host["mounts"].write_text(DEVPTS_GID5.format(gid=5))
-    assert not ssh._nonroot_pty_ok()  # gid=5 is not the tty group of this fake host
+    assert not choice._nonroot_pty_ok()  # gid=5 is not the tty group of this fake host
     host["mounts"].write_text(DEVPTS_NOGID)
-    assert not ssh._nonroot_pty_ok()
+    assert not choice._nonroot_pty_ok()
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "rsa", "ecdsa"])
@@ -107,10 +109,10 @@ def test_fingerprint_rejects_garbage():
 @pytest.mark.skipif(not shutil.which("dropbearkey"), reason="dropbearkey not installed")
 def test_dropbear_rsa_key_is_readable_by_dropbear(tmp_path):
     path = tmp_path / "rsa"
-    line = ssh._write_dropbear_rsa(path)
+    line = dropbear._write_dropbear_rsa(path)
     assert (path.stat().st_mode & 0o777) == 0o600
     out = subprocess.run(["dropbearkey", "-y", "-f", str(path)], check=True, capture_output=True, text=True).stdout
-    assert line == ssh._pubkey_line(out, "ssh-rsa")
+    assert line == process.pubkey_line(out, "ssh-rsa")
 
 
 def test_authorized_keys_file(tmp_path):
@@ -132,7 +134,7 @@ def test_authorized_keys_file(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["authorized_keys"]
     shutil.rmtree(path.parent)
     (home / ".ssh").symlink_to(tmp_path)
-    with pytest.raises(ssh.SetupFailed):
+    with pytest.raises(SetupFailed):
         ssh.write_authorized_keys(home, ["x"], None, None)
 
 

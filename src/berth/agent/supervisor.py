@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from berth.agent import environment as env
 from berth.agent.backends import SessionHost, get_backend
 from berth.agent.console import Console
+from berth.agent.context import SupervisorContext
 from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server, undo_inherited_signal_ignores
 from berth.agent.sync import WorkspaceSync
 from berth.workspace.excludes import DEFAULT_EXCLUDES
@@ -70,18 +71,18 @@ class Supervisor:
     def __init__(self, session_dir: Path):
         self.dir = session_dir
         data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
-        self.agent = data["agent"]
+        self.ctx = SupervisorContext.model_validate(data["agent"])
         self.assignment = Assignment.model_validate(data["assignment"])
         secrets_path = session_dir / SECRETS_FILE
         secrets = json.loads(secrets_path.read_text()) if secrets_path.exists() else {}
         self.assignment.secrets = self.assignment.secrets.model_validate(secrets)
         self.id = self.assignment.session_id
         self.config = SshSessionConfig.model_validate(self.assignment.config)
-        self.client = BerthClient(self.agent["server"], self.assignment.session_token)
+        self.client = BerthClient(self.ctx.server, self.assignment.session_token)
         self.password = data["password"]
         self.console = Console(self.client, self.id, secrets=[self.password, *(v for v in secrets.values() if v)])
-        self.backend = get_backend(self.agent.get("backend", "process"))(
-            self.id, session_dir, homes_dir=Path(self.agent["homes_dir"]), password=self.password)
+        self.backend = get_backend(self.ctx.backend)(
+            self.id, session_dir, homes_dir=self.ctx.homes_dir, password=self.password)
         self.host: SessionHost | None = None
         self.ssh: SshServer | None = None
         self.stop_event = asyncio.Event()
@@ -128,9 +129,9 @@ class Supervisor:
         # Everything done in the home runs as the session user; the helpers doing it are not the user's load.
         self.act = functools.partial(self.backend.act_as_session, on_start=self.sampler.ignore, on_exit=self.sampler.unignore)
         workspace = expand_workspace(cfg.workspace, home)
-        max_gb = cfg.workspace_max_gb or self.agent.get("workspace_max_gb") or 50.0
+        max_gb = cfg.workspace_max_gb or self.ctx.workspace_max_gb
         self.workspace_sync = WorkspaceSync(
-            self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.agent.get("sync_minutes") or 10),
+            self.client, self.id, workspace, self.dir / "sync", interval_s=60 * (cfg.sync_minutes or self.ctx.sync_minutes),
             excludes=[*DEFAULT_EXCLUDES, *cfg.workspace_excludes], max_bytes=int(max_gb * 2**30), emit=c, act=self.act)
         if self.assignment.restored_from:  # before git, init script and SSH server: they see the restored files
             await self.workspace_sync.restore(self.assignment.restored_from)
@@ -144,12 +145,12 @@ class Supervisor:
         kind, reason = choose_kind(cfg.dropbear, os.geteuid() == 0)
         spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
                              authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
-                             bind_host=self.agent.get("bind_host", "0.0.0.0"), env=session_env, uid=run_as.uid, gid=run_as.gid,
+                             bind_host=self.ctx.bind_host, env=session_env, uid=run_as.uid, gid=run_as.gid,
                              on_input=self.sampler.note_input,
                              write_home_files=lambda files: self.act("write_files", {"files": files}))
 
         async def python_env() -> None:
-            await env.create_venv(self.agent.get("python", "/usr/bin/python3"), venv, run_as)
+            await env.create_venv(self.ctx.python, venv, run_as)
             c(f"setup: python environment {venv}")
 
         async def home_and_git() -> None:
@@ -181,7 +182,7 @@ class Supervisor:
             c("init: init script finished")
         if not early_ssh:
             await ssh_server()
-        host = advertise_host(self.agent["server"], self.agent.get("advertise_host"))
+        host = advertise_host(self.ctx.server, self.ctx.advertise_host)
         info = SshInfo(host=host, port=self.ssh.port, user=run_as.user, password=self.password,
                        command=f"ssh -p {self.ssh.port} {run_as.user}@{host}", server=kind,
                        host_key=self.ssh.host_key, host_key_fingerprint=self.ssh.host_key_fingerprint)
@@ -189,30 +190,31 @@ class Supervisor:
           f"setup took {time.monotonic() - t0:.2f} s")
         await self.report(SessionStatus.active, ssh=info)
         self.background.append(asyncio.create_task(self.workspace_sync.periodic()))
-        self.start_watchdog(builtin=getattr(self.ssh, "_builtin", None))
+        self.start_watchdog()
         self.sync_server = await self.workspace_sync.serve_socket(self.socket_dir(), venv / "bin",
                                                                   run_as.gid if self.host.system_user else None)
 
     def socket_dir(self) -> Path:
         """Where the supervisor's sockets for the session live: root's, outside anything the user can change."""
         if self.host is not None and self.host.system_user:
-            return Path(self.agent.get("runtime_dir") or "/run/berth") / self.id
+            return self.ctx.runtime_dir / self.id
         return self.dir / "run"
 
-    def start_watchdog(self, builtin) -> None:
+    def start_watchdog(self) -> None:
         """Metrics and idle rules (berth.agent.watchdog); at the idle limit it asks for the stop."""
         from berth.agent.idle import IdleTracker
         from berth.agent.watchdog import SessionWatchdog
 
         self.sampler.set_ssh_ports([self.ssh.port])
-        tracker = IdleTracker.from_config(self.config, input_window_s=self.agent.get("idle_input_window_s", 60.0),
-                                          warn_before_s=self.agent.get("idle_warn_before_s", 600.0),
+        tracker = IdleTracker.from_config(self.config, input_window_s=self.ctx.idle_input_window_s,
+                                          warn_before_s=self.ctx.idle_warn_before_s,
                                           # short limits must still show "idle" before they end
                                           idle_status_after_s=min(60.0, self.config.max_idle_hours * 360))
         self.watchdog = SessionWatchdog(self.client, self.id, self.sampler, tracker,
-                                        console=self.console, report=self._report_idle, builtin=builtin,
-                                        interval_s=self.agent.get("metrics_sample_s", 2.0),
-                                        post_every_s=self.agent.get("metrics_post_s", 10.0))
+                                        console=self.console, report=self._report_idle,
+                                        notify_terminals=self.ssh.notify_terminals,
+                                        interval_s=self.ctx.metrics_sample_s,
+                                        post_every_s=self.ctx.metrics_post_s)
         self.watchdog.extend_until(self.known_extend)
 
         async def run() -> None:

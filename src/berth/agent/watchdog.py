@@ -30,10 +30,11 @@ log = logging.getLogger("berth.monitor")
 class SessionWatchdog:
     def __init__(self, client: BerthClient, session_id: str, sampler: SessionSampler, tracker: IdleTracker, *,
                  console: Callable[[str], None], report: Callable[[IdleState], Awaitable[Any]],
-                 builtin: Any = None, interval_s: float = DEFAULT_INTERVAL_S, post_every_s: float = 10.0,
-                 report_every_s: float = 30.0, max_buffer: int = 3600):
+                 notify_terminals: Callable[[str], int] | None = None, interval_s: float = DEFAULT_INTERVAL_S,
+                 post_every_s: float = 10.0, report_every_s: float = 30.0, max_buffer: int = 3600):
         self.client, self.id, self.sampler, self.tracker = client, session_id, sampler, tracker
-        self.console, self.report, self.builtin = console, report, builtin
+        self.console, self.report = console, report
+        self.notify_terminals = notify_terminals  # the SSH server's own channels (SshServer.notify_terminals)
         self.interval_s, self.post_every_s, self.report_every_s = interval_s, post_every_s, report_every_s
         self.buffer: deque[MetricSample] = deque(maxlen=max_buffer)  # kept while the server is away (2 h at 2 s)
         self.state = IdleState(idle=False, idle_seconds=0.0)
@@ -69,8 +70,8 @@ class SessionWatchdog:
     def _warn(self, state: IdleState) -> None:
         message = warning_message(state, self.id)
         reached = warn_terminals(self.sampler.ttys(), message)
-        if not reached and self.builtin is not None:  # no pty device we can open: the built-in server's channels
-            reached = self.builtin.notify_terminals(message)
+        if not reached and self.notify_terminals is not None:  # no pty device we can open: the server's channels
+            reached = self.notify_terminals(message)
         self.console(f"idle: {message} (shown on {reached} terminal(s))")
 
     async def step(self) -> IdleState:

@@ -27,6 +27,9 @@ from berth.private_files import ensure_private_dir, open_private, tighten
 from berth.schemas import Assignment, SessionStatus, SupervisorStatus, WorkerRegister
 from berth.settings import AgentSettings
 
+from .backends import get_backend
+from .context import SupervisorContext
+
 from .supervisor import ASSIGNMENT_FILE, PID_FILE, SECRETS_FILE
 
 log = logging.getLogger("berth.agent")
@@ -139,12 +142,7 @@ class Agent:
         ensure_private_dir(session_dir)
         secrets = assignment.secrets.model_dump(exclude_none=True)
         public = assignment.model_copy(update={"secrets": type(assignment.secrets)()})
-        agent = {"server": self.settings.server, "backend": self.settings.backend, "homes_dir": str(self.settings.homes_dir),
-                 "runtime_dir": str(self.settings.runtime_dir),
-                 "advertise_host": self.settings.advertise_host, "bind_host": self.settings.bind_host, "python": self.settings.python,
-                 "sync_minutes": self.settings.sync_minutes, "workspace_max_gb": self.settings.workspace_max_gb,
-                 "idle_input_window_s": self.settings.idle_input_window_s, "idle_warn_before_s": self.settings.idle_warn_before_s,
-                 "metrics_sample_s": self.settings.metrics_sample_s, "metrics_post_s": self.settings.metrics_post_s}
+        agent = SupervisorContext.of(self.settings).model_dump(mode="json")
         _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
                                                        "password": new_password()})
         _write_private(session_dir / SECRETS_FILE, secrets)
@@ -194,7 +192,8 @@ class Agent:
             except (FileNotFoundError, ValueError, KeyError):
                 continue
             # Tear down first, report after: as with a normal stop, "failed" means nothing of it is left.
-            killed = await clean_up_after_dead_supervisor(sid, session_dir, self.settings.runtime_dir)
+            backend = get_backend(self.settings.backend)
+            killed = await backend.clean_up_orphan(sid, session_dir, runtime_dir=self.settings.runtime_dir)
             async with BerthClient(self.settings.server, token) as client:
                 with contextlib.suppress(BerthError):
                     await client.report(sid, SupervisorStatus(status=SessionStatus.failed,
@@ -273,45 +272,6 @@ class Agent:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.zygote.wait(5)
         await self.client.aclose()
-
-
-async def clean_up_after_dead_supervisor(session_id: str, session_dir: Path, runtime_dir: Path | None = None) -> int:
-    """What the supervisor would have torn down: its SSH server, the session's processes, its user."""
-    import pwd
-
-    from .backends.process import session_user_name
-    from .processes import kill_session_processes
-    from .session_users import remove_session_user
-
-    marker = str(session_dir)
-    killed = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):  # sshd -f <session dir>/ssh/sshd_config
-                proc.kill()
-                killed += 1
-        except psutil.Error:
-            continue
-    uid = None
-    if os.geteuid() == 0:
-        try:
-            uid = pwd.getpwnam(session_user_name(session_id)).pw_uid
-        except KeyError:
-            pass
-    killed += await asyncio.to_thread(kill_session_processes, session_id, uid=uid, exclude={os.getpid()})
-    if uid is not None:
-        await remove_session_user(session_user_name(session_id))
-    leftovers = [session_dir / "secrets.json", session_dir / "scratch", session_dir / "run"]
-    if runtime_dir is not None:
-        leftovers.append(runtime_dir / session_id)  # the supervisor's socket dir (root agents)
-    for path in leftovers:
-        if path.is_dir():
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return killed
 
 
 def _recent(session_dir: Path, seconds: float = 30.0) -> bool:

@@ -6,6 +6,7 @@ Required methods:
     ``prepare()``   create the session's identity and home (a system user, a container...); return a ``SessionHost``
     ``teardown()``  end every process of the session and remove what ``prepare`` made, except the home/workspace
     ``identity()``  the uid/gid, as seen on the worker, that work done on the session's behalf runs as
+    ``clean_up_orphan()``  (classmethod) end what a dead supervisor left, given only the session id and its dir
 
 Optional:
     ``describe()``        one console line saying what isolation the session gets
@@ -51,6 +52,12 @@ class SessionBackend(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> Identity:
         """Who file work on the session's behalf runs as (after prepare)."""
+
+    @classmethod
+    @abc.abstractmethod
+    async def clean_up_orphan(cls, session_id: str, session_dir: Path, *, runtime_dir: Path) -> int:
+        """After a supervisor died: end the session's processes and remove what prepare() made (the agent
+        calls this, then reports the session failed). Returns how many processes were killed."""
 
     async def act_as_session(self, task: str, args: dict[str, Any], **kw: Any) -> Any:
         """Run `task` with the session's identity; see ``berth.agent.as_session.run_task`` for `kw`."""

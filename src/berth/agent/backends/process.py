@@ -7,7 +7,13 @@ sessions cannot touch each other's files); as non-root, the session runs as the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pwd
+import shutil
+from pathlib import Path
+
+import psutil
 
 from berth.agent.as_session import Identity
 from berth.agent.environment import RunAs
@@ -47,6 +53,33 @@ class ProcessBackend(SessionBackend):
         killed = await asyncio.to_thread(kill_session_processes, self.session_id, uid=uid, exclude=exclude_pids)
         if host and host.system_user:
             await remove_session_user(host.run_as.user)
+        return killed
+
+    @classmethod
+    async def clean_up_orphan(cls, session_id: str, session_dir: Path, *, runtime_dir: Path) -> int:
+        """What a dead supervisor would have torn down: its SSH server, the session's processes, its user,
+        its secrets and its socket directory."""
+        marker = str(session_dir)
+        killed = 0
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(marker in part for part in proc.info["cmdline"] or []):  # sshd -f <session dir>/ssh/sshd_config
+                    proc.kill()
+                    killed += 1
+            except psutil.Error:
+                continue
+        uid = None
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                uid = pwd.getpwnam(session_user_name(session_id)).pw_uid
+        killed += await asyncio.to_thread(kill_session_processes, session_id, uid=uid, exclude={os.getpid()})
+        if uid is not None:
+            await remove_session_user(session_user_name(session_id))
+        for path in (session_dir / "secrets.json", session_dir / "scratch", session_dir / "run", runtime_dir / session_id):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return killed
 
     def describe(self) -> str:

@@ -1,49 +1,30 @@
-"""The built-in SSH server: asyncssh running inside the supervisor process.
+"""Logins on the built-in SSH server: the shell wrapper run as a child process, on a fresh pty or on pipes,
+with the environment sshd would give it; a dropped client hangs it up as sshd would.
 
-Used for non-root agents, where sshd and dropbear can neither check passwords nor hand out
-ptys. Everything runs as the supervisor's own user, so "login" only means: check the session
-password or key, then run the shell wrapper as a child process (on a fresh pty, or on pipes),
-with the same environment sshd would give it.
-"""
+``Logins`` is the server's ``process_factory``; it keeps what the server needs to stop it all (``children``,
+``sids``) and the open terminals for notices (``terminals``)."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-import hmac
-import ipaddress
 import os
-import posixpath
 import pwd
 import shutil
 import signal
 import struct
 import termios
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import asyncssh
 import psutil
 
-from berth.agent import ssh_algorithms
-from berth.agent.ssh import SshServer, kill_tree, undo_inherited_signal_ignores
-from berth.errors import SetupFailed
-
-if TYPE_CHECKING:
-    from berth.agent.ssh import SshServerSpec
+from .base import SshServerSpec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DRAIN_GRACE = 1.0  # after the child exits, how long to keep forwarding output that background jobs still write
 HANGUP_GRACE = 2.0  # after the client goes away, how long SIGHUP gets before SIGKILL
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _set_winsize(fd: int, cols: int, rows: int, xpix: int = 0, ypix: int = 0) -> None:
@@ -123,151 +104,36 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
             self.exited.set_result(status)
 
 
-class _HomeSFTPServer(asyncssh.SFTPServer):
-    """SFTP over the user's own view of the filesystem, relative paths starting at home."""
+class Logins:
+    """Runs every login of one built-in server (its ``process_factory`` is ``serve``)."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, home: bytes):
-        super().__init__(chan)
-        self._home = home
-
-    def map_path(self, path: bytes) -> bytes:
-        return path if path.startswith(b"/") else posixpath.join(self._home, path)
-
-
-class _Auth(asyncssh.SSHServer):
-    def __init__(self, server: BuiltinSshd):
-        self._server = server
-        self._conn: asyncssh.SSHServerConnection | None = None
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        self._server.conns.add(conn)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.conns.discard(self._conn)
-
-    def begin_auth(self, username: str) -> bool:
-        if username == self._server.spec.user and self._server.keys is not None and self._conn is not None:
-            self._conn.set_authorized_keys(self._server.keys)
-        return True  # always require auth, even for unknown names
-
-    def password_auth_supported(self) -> bool:
-        return bool(self._server.spec.password)
-
-    def validate_password(self, username: str, password: str) -> bool:
-        spec = self._server.spec
-        user_ok = hmac.compare_digest(username.encode(), spec.user.encode())
-        pw_ok = hmac.compare_digest(password.encode(), spec.password.encode())
-        return bool(spec.password) and user_ok and pw_ok
-
-    def public_key_auth_supported(self) -> bool:
-        return self._server.keys is not None
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
-        return _is_loopback(dest_host)  # direct-tcpip to this machine's loopback only
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        return _is_loopback(listen_host)
-
-
-class BuiltinSshd:
     def __init__(self, spec: SshServerSpec):
         self.spec = spec
-        self.conns: set[asyncssh.SSHServerConnection] = set()
         self.children: set[int] = set()
         self.sids: set[int] = set()  # every child is a session leader; its background jobs stay in its session
-        self.keys = self._load_keys(spec.authorized_keys)
-        self._acceptor: asyncssh.SSHAcceptor | None = None
-        self._closed = False
-        self._terminals: set[asyncssh.SSHServerProcess] = set()  # pty channels, for notify_terminals
+        self.terminals: set[asyncssh.SSHServerProcess] = set()  # pty channels, for notices
         try:
             self._shell = pwd.getpwnam(spec.user).pw_shell or "/bin/sh"
         except KeyError:
             self._shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 
-    @staticmethod
-    def _load_keys(lines: list[str]) -> asyncssh.SSHAuthorizedKeys | None:
-        good = []
-        for line in lines:
-            try:
-                asyncssh.import_authorized_keys(line)  # skip a bad line instead of refusing all keys
-                good.append(line.strip())
-            except (ValueError, asyncssh.KeyImportError):
-                continue
-        return asyncssh.import_authorized_keys("\n".join(good) + "\n") if good else None
-
-    def alive(self) -> bool:
-        return not self._closed and self._acceptor is not None
-
-    def _input(self) -> None:
-        hook = getattr(self.spec, "on_input", None)
-        if hook is not None:
-            try:
-                hook()
-            except Exception:  # idle detection must never break a session
-                pass
-
-    def notify_terminals(self, text: str) -> int:
-        """Write a line to every open pty channel (the idle warning); how many got it. Pipe channels
-        (scp, sftp, VS Code) carry data streams and are left alone."""
-        line = f"\r\n\a*** berth: {text} ***\r\n".encode()
-        sent = 0
-        for process in list(self._terminals):
-            try:
-                process.stdout.write(line)
-                sent += 1
-            except Exception:  # channel closing
-                pass
-        return sent
-
-    async def start(self) -> tuple[int, str]:
-        key_path = self.spec.run_dir / "ssh_host_ed25519_key"
-        if key_path.exists():  # reuse keeps the host key stable across restarts
-            key = asyncssh.read_private_key(key_path)
-        else:
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(key.export_private_key())
-        host_key = " ".join(key.export_public_key("openssh").decode().split()[:2])
-        home = os.fsencode(str(self.spec.home))
-        ssh_algorithms.refuse_sha1_rsa_user_signatures()
-        try:
-            self._acceptor = await asyncssh.create_server(
-                lambda: _Auth(self), self.spec.bind_host, self.spec.port or 0,
-                server_host_keys=[key], process_factory=self._session,
-                sftp_factory=lambda chan: _HomeSFTPServer(chan, home),
-                encoding=None, line_editor=False, agent_forwarding=False, x11_forwarding=False,
-                allow_scp=False, keepalive_interval=30,
-                **ssh_algorithms.asyncssh_options(),  # the modern set; the host key is ed25519 only
-            )
-        except OSError as e:
-            raise SetupFailed(f"built-in SSH server could not listen on {self.spec.bind_host}:{self.spec.port}: {e}") from e
-        return self._acceptor.get_port(), host_key
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._acceptor is not None:
-            self._acceptor.close()
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of the logins: the children, and their sessions' members (orphans included)."""
         victims = session_members(self.sids)
         for pid in list(self.children):
             try:
                 victims.append(psutil.Process(pid))
             except psutil.Error:
                 pass
-        await kill_tree(victims, signal.SIGHUP)  # what a dropped connection would send
-        for conn in list(self.conns):
-            conn.close()
-        waits = [asyncio.ensure_future(c.wait_closed()) for c in list(self.conns)]
-        if self._acceptor is not None:
-            waits.append(asyncio.ensure_future(self._acceptor.wait_closed()))
-        if waits:
-            await asyncio.wait(waits, timeout=2.0)
+        return victims
 
-    # -- sessions ---------------------------------------------------------------------------
+    def _input(self) -> None:
+        hook = self.spec.on_input
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # idle detection must never break a session
+                pass
 
     def _env(self, process: asyncssh.SSHServerProcess, command: str | None) -> dict[str, str]:
         spec = self.spec
@@ -283,7 +149,7 @@ class BuiltinSshd:
             env.pop("SSH_ORIGINAL_COMMAND", None)
         return env
 
-    async def _session(self, process: asyncssh.SSHServerProcess) -> None:
+    async def serve(self, process: asyncssh.SSHServerProcess) -> None:
         if process.subsystem:  # sftp is served by asyncssh before we get here
             process.stderr.write(f"subsystem {process.subsystem} is not supported\n".encode())
             process.exit(1)
@@ -440,17 +306,9 @@ class BuiltinSshd:
 
         inp = asyncio.ensure_future(_quietly(pump_in()))
         out = asyncio.ensure_future(_quietly(pump_out()))
-        self._terminals.add(process)
+        self.terminals.add(process)
         try:
             return await self._supervise(proc.pid, proc.wait(), process, [out], hangup)
         finally:
-            self._terminals.discard(process)
+            self.terminals.discard(process)
             await asyncio.shield(hangup())
-
-
-async def start_builtin(spec: SshServerSpec, log: Callable[[str], None]) -> SshServer:
-    undo_inherited_signal_ignores()
-    server = BuiltinSshd(spec)
-    port, host_key = await server.start()
-    log(f"built-in SSH server listening on {spec.bind_host}:{port}")
-    return SshServer("builtin", port, host_key, builtin=server)
