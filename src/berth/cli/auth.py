@@ -11,7 +11,8 @@ import typer
 
 from berth.client import BerthClient
 
-from .common import err, guard, out, print_json, run, save_credentials, settings
+from .common import err, escape, guard, out, print_json, run, save_credentials, settings
+from .render import cut, fixed_column, id_column, list_table, text_column
 
 tokens = typer.Typer(help="API and gateway tokens (shown once, stored hashed).", no_args_is_help=True)
 users = typer.Typer(help="Users (admin).", no_args_is_help=True)
@@ -53,7 +54,7 @@ def login(
         return result
 
     result = guard(lambda: asyncio.run(go()))
-    err.print(f"logged in to {server} as {result.username}")
+    err.print(f"logged in to {escape(server)} as {escape(result.username)}")
 
 
 @tokens.command("create")
@@ -66,7 +67,7 @@ def tokens_create(label: str = typer.Option("", help="What the token is for"),
     if as_json:
         print_json(created)
     else:
-        out.print(created.token)
+        out.print(created.token, markup=False, highlight=False)  # the secret, exactly; nothing of ours in it
         err.print(f"token {created.id} ({created.kind}) created; copy it now, it is not shown again")
 
 
@@ -77,16 +78,23 @@ def tokens_list(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         print_json(rows)
         return
+    table = list_table()  # like every list: the ID whole, a long label cut
+    id_column(table, "ID", [t.id for t in rows])
+    fixed_column(table, "Kind")
+    text_column(table, "Label")
+    fixed_column(table, "Created")
+    fixed_column(table, "State")
     for t in rows:
         state = "revoked" if t.revoked else (f"expires {t.expires_at:%Y-%m-%d}" if t.expires_at else "no expiry")
-        out.print(f"{t.id}  {t.kind:8} {t.label or '-':20} created {t.created_at:%Y-%m-%d}  {state}")
+        table.add_row(t.id, t.kind, cut(t.label or "-"), f"{t.created_at:%Y-%m-%d}", state)
+    out.print(table, highlight=False)
 
 
 @tokens.command("revoke")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token at once."""
     run(lambda c: c.revoke_token(token_id))
-    err.print(f"token {token_id} revoked")
+    err.print(f"token {escape(token_id)} revoked")
 
 
 @users.command("create")
@@ -94,18 +102,18 @@ def users_create(username: str, password: str = typer.Option(..., prompt=True, h
                  admin: bool = typer.Option(False, "--admin")) -> None:
     """Create a user (admins only)."""
     user = run(lambda c: c.create_user(username, password, admin))
-    err.print(f"user {user.username} created")
+    err.print(f"user {escape(user.username)} created")
 
 
 @projects.command("create")
 def projects_create(name: str) -> None:
     """Create a project; you become its admin."""
     run(lambda c: c.create_project(name))
-    err.print(f"project {name!r} created")
+    err.print(f"project {escape(repr(name))} created")
 
 
 @projects.command("member")
 def projects_member(project: str, username: str, role: str = typer.Option("member", help="viewer | member | admin | none")) -> None:
     """Add a member to a project, change their role, or remove them (--role none)."""
     run(lambda c: c.set_member(project, username, None if role == "none" else role))
-    err.print(f"{username}: {role} in {project!r}")
+    err.print(f"{escape(username)}: {escape(role)} in {escape(repr(project))}")

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from berth.client import BerthClient
 from berth.errors import BerthError, Unauthorized
@@ -20,6 +21,9 @@ from berth.settings import ClientSettings
 T = TypeVar("T")
 out = Console(soft_wrap=True)  # stdout: tables and documents
 err = Console(stderr=True, soft_wrap=True)  # progress and messages, so `--json` stdout holds one document only
+# Both consoles read [tags] as markup. Text that users or the server control (names, console lines, paths, error
+# messages quoting input) goes through `escape` inside a markup string, or into a `rich.text.Text`: printed as typed,
+# and a stray "[/x]" in it cannot make rich raise MarkupError. markup=False is for strings holding no tag of ours.
 
 
 def settings() -> ClientSettings:
@@ -71,7 +75,7 @@ def guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except BerthError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -88,5 +92,5 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)

@@ -13,7 +13,7 @@ from berth.client import BerthClient
 from berth.errors import InvalidInput
 from berth.schemas import App, LaunchRequest, SessionStatus, SessionView
 
-from .common import err, guard, print_json, run
+from .common import err, escape, guard, print_json, run
 from .render import show_session
 
 app = typer.Typer(help="Launch a new session.", no_args_is_help=True)
@@ -49,9 +49,10 @@ async def wait_until_ready(client: BerthClient, view: SessionView, quiet: bool) 
             changed = not events
             for event in events:
                 after = event.id
-                status.update(f"session {view.id}: {event.message[:100]}")
+                # Console lines are the session's (init script output): escaped, cut before escaping.
+                status.update(f"session {view.id}: {escape(event.message[:100])}")
                 if not quiet:
-                    err.print(f"[dim]{event.ts:%H:%M:%S}[/dim] {event.message}", highlight=False, markup=False)
+                    err.print(f"[dim]{event.ts:%H:%M:%S}[/dim] {escape(event.message)}", highlight=False)
                 changed = changed or event.message.startswith("status:")
             if changed:
                 view = await client.session(view.id)
@@ -65,7 +66,8 @@ def do_launch(app_kind: App, config: dict[str, Any], secrets: dict[str, Any], wa
     async def go(client: BerthClient) -> SessionView:
         view = await client.launch(request)
         if not as_json:
-            err.print(f"launched {view.app.value} session [bold]{view.id}[/bold] ({view.name}) on queue {view.queue!r}")
+            err.print(f"launched {view.app.value} session [bold]{view.id}[/bold] ({escape(view.name)}) "
+                      f"on queue {escape(repr(view.queue))}")
         if wait:
             view = await wait_until_ready(client, view, quiet=quiet or as_json)
         return view
@@ -76,7 +78,8 @@ def do_launch(app_kind: App, config: dict[str, Any], secrets: dict[str, Any], wa
     elif wait:
         show_session(view)
     if wait and view.status.is_final:
-        err.print(f"[red]session {view.id} {view.status.value}[/red]: {view.error or 'stopped before it was ready'}", highlight=False)
+        err.print(f"[red]session {view.id} {view.status.value}[/red]: {escape(view.error or 'stopped before it was ready')}",
+                  highlight=False)
         raise typer.Exit(1)
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, guard
+from .common import err, escape, guard
 
 
 def _serve(settings) -> None:
@@ -76,7 +76,8 @@ def server(
     _private_umask()
     overrides = {k: v for k, v in {"data_dir": data_dir, "host": host, "port": port}.items() if v is not None}
     settings = ServerSettings(**overrides)
-    err.print(f"berth server on http://{settings.host}:{settings.port} (database: {_safe_url(settings.resolved_database_url())})")
+    database = escape(_safe_url(settings.resolved_database_url()))
+    err.print(f"berth server on http://{settings.host}:{settings.port} (database: {database})")
     _serve(settings)
 
 
@@ -147,7 +148,7 @@ def up(
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                     start_agent()
-                    err.print(f"berth is up: dashboard {url}/  (agent log: {data_dir / 'agent.log'})")
+                    err.print(f"berth is up: dashboard {url}/  (agent log: {escape(str(data_dir / 'agent.log'))})")
                     agent_proc.wait()  # PDEATHSIG follows the *thread* that started the child: it must outlive the agent
                     return
             time.sleep(0.1)

@@ -11,7 +11,7 @@ import typer
 from berth.client import BerthClient
 from berth.schemas import App, SessionStatus, SessionView
 
-from .common import err, out, print_json, run
+from .common import err, escape, out, print_json, run
 from .launch import common_overrides, wait_until_ready
 from .render import sessions_table, show_session
 
@@ -62,7 +62,7 @@ def stop(session_id: str, wait: bool = typer.Option(True, "--wait/--no-wait", he
     if as_json:
         print_json(view)
     else:
-        err.print(f"session {view.id}: {view.status.value}" + (f" ({view.error})" if view.error else ""))
+        err.print(f"session {view.id}: {view.status.value}" + (f" ({escape(view.error)})" if view.error else ""))
 
 
 @app.command()
@@ -81,7 +81,7 @@ def clone(
     async def go(c: BerthClient) -> SessionView:
         view = await c.clone(session_id, overrides)
         if not as_json:
-            err.print(f"cloned {session_id} as [bold]{view.id}[/bold] ({view.name})")
+            err.print(f"cloned {escape(session_id)} as [bold]{view.id}[/bold] ({escape(view.name)})")
         return await wait_until_ready(c, view, quiet=as_json) if wait else view
 
     view = run(go)
@@ -96,7 +96,7 @@ def export(session_id: str, output: Optional[Path] = typer.Option(None, "--outpu
     doc = run(lambda c: c.export(session_id))
     if output:
         output.write_text(json.dumps(doc, indent=2) + "\n")
-        err.print(f"wrote {output}")
+        err.print(f"wrote {escape(str(output))}")
     else:
         print_json(doc)
 
@@ -115,7 +115,7 @@ def logs(session_id: str, follow: bool = typer.Option(False, "--follow", "-f", h
                 if as_json:
                     collected.append(e)
                 else:
-                    out.print(f"[dim]{e.ts:%Y-%m-%d %H:%M:%S}[/dim] {'[red]' if e.level == 'error' else ''}{_escape(e.message)}"
+                    out.print(f"[dim]{e.ts:%Y-%m-%d %H:%M:%S}[/dim] {'[red]' if e.level == 'error' else ''}{escape(e.message)}"
                               f"{'[/red]' if e.level == 'error' else ''}", highlight=False, soft_wrap=True)
             if not follow:
                 if len(events) < 500:
@@ -141,7 +141,7 @@ def sync(session_id: str, wait: bool = typer.Option(True, "--wait/--no-wait", he
         view = await c.request_sync(session_id)
         if not wait:
             return view, None
-        with err.status(f"syncing the workspace of {session_id}"):
+        with err.status(f"syncing the workspace of {escape(session_id)}"):
             while True:
                 for e in await c.events(session_id, after=after, wait=20):
                     after = e.id
@@ -154,15 +154,9 @@ def sync(session_id: str, wait: bool = typer.Option(True, "--wait/--no-wait", he
     if as_json:
         print_json(view)
     elif result:
-        err.print(result.removeprefix("workspace: "))
+        err.print(escape(result.removeprefix("workspace: ")))
     if result and ("failed" in result or "ended" in result):
         raise typer.Exit(1)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 __all__ = ["app", "App"]

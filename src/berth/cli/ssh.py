@@ -14,7 +14,7 @@ from berth.errors import Conflict
 from berth.schemas import SessionView
 
 from .auth import ssh_identity
-from .common import err, guard, run, settings
+from .common import err, escape, guard, run, settings
 
 BEGIN, END = "# >>> berth sessions (managed by `berth ssh-config`) >>>", "# <<< berth sessions <<<"
 
@@ -95,5 +95,5 @@ def ssh_config(path: Path = typer.Option(Path("~/.ssh/config"), help="SSH config
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text((text + "\n\n" if text else "") + managed)
     path.chmod(0o600)
-    err.print(f"wrote {len(blocks)} host entr{'y' if len(blocks) == 1 else 'ies'} to {path}: "
+    err.print(f"wrote {len(blocks)} host entr{'y' if len(blocks) == 1 else 'ies'} to {escape(str(path))}: "
               + ", ".join(_host_alias(v) for v in views if v.ssh))

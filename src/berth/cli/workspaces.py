@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
 from berth.client import BerthClient
 
@@ -19,8 +18,8 @@ if TYPE_CHECKING:
     from berth.workspace.schemas import SnapshotView
     from berth.workspace.sync import SnapshotInfo
 
-from .common import err, fail, out, print_json, run
-from .render import ago
+from .common import err, escape, fail, out, print_json, run
+from .render import ago, cut, fixed_column, id_column, list_table, text_column
 
 app = typer.Typer(help="Workspace snapshots: list them, download one.", no_args_is_help=True)
 
@@ -48,11 +47,15 @@ def list_(
     if as_json:
         print_json(views)
         return
-    table = Table()
-    for col in ("ID", "Session", "Project", "Taken", "Files", "Size", "New"):
-        table.add_column(col, justify="right" if col in ("Files", "Size", "New") else "left", no_wrap=col in ("ID", "Session"))
+    table = list_table()
+    id_column(table, "ID", [v.id for v in views])
+    id_column(table, "Session", [v.session_id for v in views])
+    text_column(table, "Project")
+    fixed_column(table, "Taken")
+    for col in ("Files", "Size", "New"):
+        fixed_column(table, col, justify="right")
     for v in views:
-        table.add_row(v.id, v.session_id, v.project, ago(v.created_at), str(v.files), human(v.bytes_total), human(v.bytes_new))
+        table.add_row(v.id, v.session_id, cut(v.project), ago(v.created_at), str(v.files), human(v.bytes_total), human(v.bytes_new))
     out.print(table)
 
 
@@ -104,6 +107,6 @@ def download(snapshot: str = typer.Argument(..., help="Snapshot id (see `berth w
         print_json(info.__dict__)
     else:
         err.print(f"restored snapshot {info.id} of session {info.session_id}: {info.files} files, {human(info.bytes_total)} "
-                  f"into {directory}", highlight=False)
+                  f"into {escape(str(directory))}", highlight=False)
     if info.dropped_bits and not as_json:
         err.print(info.dropped_bits, highlight=False, markup=False)
