@@ -1,4 +1,4 @@
-"""`berth sessions metrics`, `berth sessions extend` and `berth workers list` (issue #4)."""
+"""`berth sessions metrics` and `berth sessions extend` (issue #4)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from rich.table import Table
 from berth.errors import InvalidInput
 from berth.metrics import MetricsView
 
-from .common import err, guard, out, print_json, run
-from .render import ago
+from .common import err, escape, guard, out, print_json, run
 
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -57,9 +56,10 @@ def summary_rows(view: MetricsView) -> list[tuple[str, str, float | None, float 
 
 def render_metrics(view: MetricsView, session_id: str) -> None:
     if not view.samples:
-        err.print(f"no samples for {session_id} between {view.start:%Y-%m-%d %H:%M:%S} and {view.end:%Y-%m-%d %H:%M:%S} UTC")
+        err.print(f"no samples for {escape(session_id)} between {view.start:%Y-%m-%d %H:%M:%S} and {view.end:%Y-%m-%d %H:%M:%S} UTC")
         return
-    table = Table(title=f"{session_id}: {view.samples} samples since {view.start:%Y-%m-%d %H:%M:%S} UTC", title_justify="left")
+    table = Table(title=f"{escape(session_id)}: {view.samples} samples since {view.start:%Y-%m-%d %H:%M:%S} UTC",
+                  title_justify="left")
     for col, justify in (("series", "left"), ("unit", "left"), ("latest", "right"), ("min", "right"), ("mean", "right"), ("max", "right")):
         table.add_column(col, justify=justify)
     for name, unit, latest, lo, mean, hi in summary_rows(view):
@@ -69,7 +69,7 @@ def render_metrics(view: MetricsView, session_id: str) -> None:
     for gpu in (latest.gpus or []) if latest else []:
         share = f", this session {gpu.session_util:.0f}%" if gpu.session_util is not None else ""
         mem = f", this session {gpu.session_mem_mb:.0f} MB" if gpu.session_mem_mb is not None else ""
-        out.print(f"gpu {gpu.index} {gpu.name or ''}: {_num(gpu.util, '%')}%{share}; memory {_num(gpu.mem_used_mb, 'MB')}"
+        out.print(f"gpu {gpu.index} {escape(gpu.name or '')}: {_num(gpu.util, '%')}%{share}; memory {_num(gpu.mem_used_mb, 'MB')}"
                   f"/{_num(gpu.mem_total_mb, 'MB')} MB{mem}", highlight=False)
     notes = []
     if view.network_scope == "host":
@@ -100,24 +100,3 @@ def extend(session_id: str, hours: float = typer.Option(..., "--hours", help="Ho
         print_json(view)
     else:
         err.print(f"session {view.id}: no idle shutdown before {view.idle_extended_until:%Y-%m-%d %H:%M:%S} UTC")
-
-
-workers = typer.Typer(help="Worker machines.", no_args_is_help=True)
-
-
-@workers.command("list")
-def list_workers(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Registered workers: status, queues, CPUs, memory, GPUs."""
-    views = run(lambda c: c.workers())
-    if as_json:
-        print_json(views)
-        return
-    table = Table()
-    for col in ("name", "status", "host", "queues", "cpus", "memory", "gpus", "heartbeat"):
-        table.add_column(col)
-    for w in views:
-        gpus = ", ".join(str(g.get("name") or g.get("index", "?")) for g in w.gpus) if w.gpus else "-"
-        style = {"online": "green", "lost": "red"}.get(w.status.value, "dim")
-        table.add_row(w.name, f"[{style}]{w.status.value}[/{style}]", w.hostname, ", ".join(w.queues), str(w.cpus),
-                      f"{w.memory_bytes / 2**30:.1f} GiB", gpus, ago(w.last_heartbeat))
-    out.print(table, highlight=False)

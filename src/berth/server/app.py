@@ -33,10 +33,8 @@ async def _reaper(app: FastAPI, started) -> None:
         await asyncio.sleep(settings.reaper_interval_s)
         try:
             async with app.state.sessionmaker() as db:
-                failed = await workers.reap_lost(db, settings.heartbeat_timeout_s, started)
+                await workers.reap_lost(db, settings.heartbeat_timeout_s, started)
                 await db.commit()
-            for sid in failed:
-                app.state.notifier.notify(f"session:{sid}")
         except Exception:  # keep reaping; a database hiccup must not end the loop
             log.exception("reaper pass failed")
 
@@ -52,7 +50,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await migrate(engine)
         secret_box = SecretBox.from_settings(settings.secret_key.get_secret_value() if settings.secret_key else None,
                                              settings.data_dir)
-        app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box})
+        # services reach both through db.info: sealing secrets, waking long polls after a commit
+        app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box, "notifier": app.state.notifier})
         async with app.state.sessionmaker() as db:
             generated = await accounts.bootstrap(db, settings.admin_password)
             await db.commit()

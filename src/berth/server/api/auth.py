@@ -51,17 +51,7 @@ class SshKeys(WireModel):
 @router.post("/users/me/ssh-keys", response_model=SshKeys, responses=errors(401, 422))
 async def add_ssh_keys(body: SshKeys, user: CurrentUser) -> SshKeys:
     """Add public keys (kept once each, newest 32) that every session you launch will accept."""
-    from berth.errors import InvalidInput
-
-    keys = []
-    for i, line in enumerate(body.keys):
-        parts = line.strip().split()
-        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in line:
-            raise InvalidInput(f"keys.{i}: not an OpenSSH public key line", field=f"keys.{i}")
-        keys.append(" ".join(parts[:3]))
-    merged = [k for k in (user.ssh_keys or []) if k not in keys] + keys
-    user.ssh_keys = merged[-32:]
-    return SshKeys(keys=user.ssh_keys)
+    return SshKeys(keys=accounts.add_ssh_keys(user, body.keys))
 
 
 class NewToken(WireModel):

@@ -11,9 +11,12 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth.errors import BerthError, Conflict, Forbidden
+from berth.errors import BerthError, Conflict, Unauthorized
 from berth.server.db.models import User
-from berth.server.services.accounts import Principal, authenticate
+from berth.server.services import access
+from berth.server.services.access import Principal
+from berth.server.services.accounts import authenticate
+from berth.server.services.notify import Poll
 
 _bearer = HTTPBearer(auto_error=False, description="API token from `berth login` or `berth tokens create`")
 
@@ -78,9 +81,29 @@ CurrentUser = Annotated[User, Depends(get_user)]
 
 
 async def get_admin(user: CurrentUser) -> User:
-    if not user.is_admin:
-        raise Forbidden("admin only")
-    return user
+    return access.require_admin(user)
 
 
 Admin = Annotated[User, Depends(get_admin)]
+
+_scrape_bearer = HTTPBearer(auto_error=False, description="BERTH_METRICS_TOKEN, or an admin API token")
+
+
+async def get_scraper(request: Request, db: Db,
+                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_scrape_bearer)]) -> None:
+    """GET /metrics: the metrics token, or an admin's API token."""
+    token = creds.credentials if creds else None
+    if access.is_metrics_token(token, request.app.state.settings.metrics_token):
+        return
+    if not token:
+        raise Unauthorized("GET /metrics needs Authorization: Bearer <BERTH_METRICS_TOKEN or an admin API token>")
+    access.require_scraper(await authenticate(db, token))
+
+
+Scraper = Depends(get_scraper)
+
+
+def long_poll(request: Request, wait: float) -> Poll:
+    """A long poll of `wait` seconds, capped by the server's BERTH_LONG_POLL_S."""
+    settings = request.app.state.settings
+    return Poll(request.app.state.notifier, min(wait, settings.long_poll_s), settings.poll_interval_s)

@@ -1,29 +1,21 @@
-"""Resource metrics: ingestion (supervisors, agents), charts (users), idle extension, Prometheus scrape."""
+"""Resource metrics: ingestion (supervisors, agents), charts (users), Prometheus scrape."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Request, Response
 
-from berth.errors import Forbidden, Unauthorized
-from berth.metrics import MAX_POINTS, ExtendRequest, Ingested, MetricsBatch, MetricsView
-from berth.schemas import Role, SessionView
+from berth.metrics import Ingested, MetricsBatch, MetricsView
 from berth.server.db.models import utcnow
 from berth.server.prometheus import CONTENT_TYPE
+from berth.server.services import access
 from berth.server.services import metrics as svc
-from berth.server.services import sessions as session_svc
 from berth.server.services import workers as worker_svc
-from berth.server.services.accounts import authenticate
-from berth.server.services.security import same_secret
 
-from .deps import Caller, CurrentUser, Db, errors
-from .workers import _require_session, _require_worker
+from .deps import Caller, CurrentUser, Db, Scraper, errors
 
 router = APIRouter(prefix="/api/v1", tags=["metrics"])
-_bearer = HTTPBearer(auto_error=False, description="BERTH_METRICS_TOKEN, or an admin API token")
 _MS = timedelta(milliseconds=1)
 
 
@@ -39,7 +31,7 @@ def _utc(ts: datetime | None) -> datetime | None:
 @router.post("/sessions/{session_id}/supervisor/metrics", response_model=Ingested, responses=errors(401, 403, 422))
 async def ingest_session(session_id: str, body: MetricsBatch, db: Db, principal: Caller, request: Request) -> Ingested:
     """A batch of the session's samples, from its supervisor (session token)."""
-    _require_session(principal, session_id)
+    access.require_supervisor(principal, session_id)
     result = await svc.ingest(db, svc.SESSIONS, session_id, body.samples)
     request.app.state.prometheus.ingested.labels("session").inc(result.samples)
     return result
@@ -48,7 +40,7 @@ async def ingest_session(session_id: str, body: MetricsBatch, db: Db, principal:
 @router.post("/workers/{worker_id}/metrics", response_model=Ingested, responses=errors(401, 403, 422))
 async def ingest_worker(worker_id: str, body: MetricsBatch, db: Db, principal: Caller, request: Request) -> Ingested:
     """A batch of host samples, from the worker's agent (worker token)."""
-    _require_worker(principal, worker_id)
+    access.require_worker(principal, worker_id)
     result = await svc.ingest(db, svc.WORKERS, worker_id, body.samples)
     request.app.state.prometheus.ingested.labels("worker").inc(result.samples)
     return result
@@ -56,11 +48,11 @@ async def ingest_worker(worker_id: str, body: MetricsBatch, db: Db, principal: C
 
 @router.get("/sessions/{session_id}/metrics", response_model=MetricsView, responses=errors(401, 403, 404, 422))
 async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: datetime | None = None,
-                          end: datetime | None = None, points: int = Query(1000, ge=1, le=MAX_POINTS)) -> Response:
+                          end: datetime | None = None, points: int = 1000) -> Response:  # range checked by the service (one message)
     """Samples in [start, end) in at most `points` epoch-aligned buckets (min/mean/max per series; the first and
     last are clipped to the range). Defaults: the session's whole life (created until stopped, or now); with
     only `start`, until now."""
-    row = await session_svc.readable_session(db, user, session_id)
+    row = await access.session_for_user(db, user, session_id)
     start, end = _utc(start), _utc(end)
     if end is None:
         end = row.stopped_at + _MS if row.stopped_at and start is None else utcnow() + _MS
@@ -69,38 +61,18 @@ async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: dat
 
 @router.get("/workers/{worker_id}/metrics", response_model=MetricsView, responses=errors(401, 404, 422))
 async def worker_metrics(worker_id: str, db: Db, _user: CurrentUser, start: datetime | None = None,
-                         end: datetime | None = None, points: int = Query(1000, ge=1, le=MAX_POINTS)) -> Response:
+                         end: datetime | None = None, points: int = 1000) -> Response:  # range checked by the service (one message)
     """Host samples of a worker (any user may see workers). Defaults: the last hour."""
     await worker_svc.get_worker(db, worker_id)
     end = _utc(end) or utcnow() + _MS
     return _json(await svc.query(db, svc.WORKERS, worker_id, _utc(start) or end - timedelta(hours=1), end, points))
 
 
-@router.post("/sessions/{session_id}/extend", response_model=SessionView, responses=errors(401, 403, 404, 409, 422))
-async def extend(session_id: str, body: ExtendRequest, db: Db, user: CurrentUser, request: Request) -> SessionView:
-    """Postpone the idle shutdown: no idle shutdown before max(earlier extension, now) + hours. The supervisor
-    reads it from its next watch or status reply (`extend_until`)."""
-    row = await session_svc.readable_session(db, user, session_id, Role.member)
-    await svc.extend(db, row, body.hours, user.username)
-    view = await session_svc.view(db, row)
-    await db.commit()
-    request.app.state.notifier.notify(session_svc.session_topic(session_id))
-    return view
-
-
 prometheus_router = APIRouter(tags=["meta"])
 
 
-@prometheus_router.get("/metrics", response_class=Response, responses={**errors(401, 403), 200: {"content": {CONTENT_TYPE: {}}}})
-async def prometheus(request: Request, db: Db,
-                     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Response:
+@prometheus_router.get("/metrics", response_class=Response, dependencies=[Scraper],
+                       responses={**errors(401, 403), 200: {"content": {CONTENT_TYPE: {}}}})
+async def prometheus(request: Request, db: Db) -> Response:
     """Prometheus exposition. Scrape with `Authorization: Bearer $BERTH_METRICS_TOKEN`; admin API tokens work too."""
-    token = creds.credentials if creds else None
-    configured = request.app.state.settings.metrics_token
-    if not (token and configured and same_secret(token, configured)):
-        if not token:
-            raise Unauthorized("GET /metrics needs Authorization: Bearer <BERTH_METRICS_TOKEN or an admin API token>")
-        principal = await authenticate(db, token)
-        if principal.user is None or not principal.user.is_admin:
-            raise Forbidden("GET /metrics is for the metrics token or admins")
     return Response(await request.app.state.prometheus.render(db), media_type=CONTENT_TYPE)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from berth.fields import Line, Name, WireModel
 from berth.schemas import Role
-from berth.server.db.models import Project, Queue
-from berth.server.services import accounts
+from berth.server.services import accounts, workers
 
 from .deps import Admin, CurrentUser, Db, errors
 
@@ -23,12 +21,7 @@ class ProjectView(BaseModel):
 
 @router.get("/projects", response_model=list[ProjectView], responses=errors(401))
 async def list_projects(db: Db, user: CurrentUser) -> list[ProjectView]:
-    out = []
-    for project in (await db.execute(select(Project).order_by(Project.name))).scalars():
-        role = await accounts.role_in(db, user, project.id)
-        if role:
-            out.append(ProjectView(name=project.name, role=role))
-    return out
+    return [ProjectView(name=name, role=role) for name, role in await accounts.list_projects(db, user)]
 
 
 class NewProject(WireModel):
@@ -37,11 +30,7 @@ class NewProject(WireModel):
 
 @router.post("/projects", response_model=ProjectView, status_code=201, responses=errors(401, 409, 422))
 async def create_project(body: NewProject, db: Db, user: CurrentUser) -> ProjectView:
-    from berth.errors import Conflict
-
-    if (await db.execute(select(Project.id).where(Project.name == body.name))).first():
-        raise Conflict(f"project {body.name!r} exists")
-    await accounts.project_for_launch(db, user, body.name)
+    await accounts.create_project(db, user, body.name)
     return ProjectView(name=body.name, role=Role.admin)
 
 
@@ -65,14 +54,10 @@ class NewQueue(WireModel):
 
 @router.get("/queues", response_model=list[QueueView], responses=errors(401))
 async def list_queues(db: Db, _user: CurrentUser) -> list[QueueView]:
-    return [QueueView(name=n) for (n,) in await db.execute(select(Queue.name).order_by(Queue.name))]
+    return [QueueView(name=n) for n in await workers.queue_names(db)]
 
 
 @router.post("/queues", response_model=QueueView, status_code=201, responses=errors(401, 403, 409))
 async def create_queue(body: NewQueue, db: Db, _admin: Admin) -> QueueView:
-    from berth.errors import Conflict
-
-    if (await db.execute(select(Queue.id).where(Queue.name == body.name))).first():
-        raise Conflict(f"queue {body.name!r} exists")
-    db.add(Queue(name=body.name))
+    await workers.create_queue(db, body.name)
     return QueueView(name=body.name)

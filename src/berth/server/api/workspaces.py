@@ -12,6 +12,7 @@ import time
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 
 from berth.errors import InvalidInput
+from berth.server.services import access
 from berth.server.services import workspaces as svc
 from berth.server.services.store import ObjectStore
 from berth.workspace.schemas import ChunkQuery, GcReport, MissingChunks, PackStored, ReadRequest, SnapshotView, WorkspaceState
@@ -50,13 +51,13 @@ def _binary(data: bytes) -> Response:
 @router.get("/sessions/{session_id}/state", response_model=WorkspaceState, responses=errors(401, 403, 404))
 async def session_state(session_id: str, db: Db, principal: Caller) -> WorkspaceState:
     """The session's project (chunk namespace) and latest snapshot: where an incremental sync starts."""
-    return await svc.state(db, await svc.readable_session(db, principal, session_id))
+    return await svc.state(db, await access.readable_session(db, principal, session_id))
 
 
 @router.post("/sessions/{session_id}/missing", response_model=MissingChunks, responses=errors(401, 403, 404, 409, 422))
 async def missing_chunks(session_id: str, body: ChunkQuery, db: Db, principal: Caller, request: Request) -> MissingChunks:
     """Which of these chunks the project's store lacks (send only those)."""
-    row = await svc.writable_session(db, principal, session_id)
+    row = await access.uploading_session(db, principal, session_id)
     return MissingChunks(missing=await svc.missing(db, _store(request), row, body.ids))
 
 
@@ -64,7 +65,7 @@ async def missing_chunks(session_id: str, body: ChunkQuery, db: Db, principal: C
             responses=errors(401, 403, 404, 409, 422))
 async def put_pack(session_id: str, digest: str, db: Db, principal: Caller, request: Request) -> PackStored:
     """Store a pack (named by the SHA-256 of its header). Re-sending a stored pack is a no-op."""
-    row = await svc.writable_session(db, principal, session_id)
+    row = await access.uploading_session(db, principal, session_id)
     return await svc.store_pack(db, _store(request), row, digest, request.stream())
 
 
@@ -73,14 +74,14 @@ async def put_pack(session_id: str, digest: str, db: Db, principal: Caller, requ
 async def commit_snapshot(session_id: str, snapshot_id: str, db: Db, principal: Caller, request: Request,
                           background: BackgroundTasks, parent: str | None = Query(None, max_length=32)) -> SnapshotView:
     """Commit a snapshot: its manifest (zstd JSON), the last step of a sync. 409 when a chunk is not stored."""
-    row = await svc.writable_session(db, principal, session_id)
-    await db.commit()
-    body = await _body(request, _MAX_MANIFEST_BYTES, "a manifest")
+    row = await access.uploading_session(db, principal, session_id)
     settings = request.app.state.settings
     store = _store(request)
-    snap, dropped = await svc.commit(db, store, row, snapshot_id, parent, bytes(body), settings.workspace_keep)
-    result = await svc.view(db, snap)
-    await db.commit()
+
+    async def manifest() -> bytes:
+        return bytes(await _body(request, _MAX_MANIFEST_BYTES, "a manifest"))
+
+    result, dropped = await svc.receive(db, store, row, snapshot_id, parent, manifest, settings.workspace_keep)
     for key in dropped:
         background.add_task(asyncio.to_thread, store.delete, key)
     last = getattr(request.app.state, "workspace_gc_at", 0.0)
@@ -101,27 +102,27 @@ async def list_snapshots(db: Db, principal: Caller, session: str | None = None, 
 
 @router.get("/snapshots/{snapshot_id}", response_model=SnapshotView, responses=errors(401, 403, 404))
 async def show_snapshot(snapshot_id: str, db: Db, principal: Caller) -> SnapshotView:
-    return await svc.view(db, await svc.readable_snapshot(db, principal, snapshot_id))
+    return await svc.view(db, await access.readable_snapshot(db, principal, snapshot_id))
 
 
 @router.get("/snapshots/{snapshot_id}/manifest", response_class=Response, responses={**errors(401, 403, 404), **_BINARY_REPLY})
 async def get_manifest(snapshot_id: str, db: Db, principal: Caller, request: Request) -> Response:
     """The snapshot's manifest (zstd-compressed JSON: paths, modes, mtimes, chunk ids)."""
-    snap = await svc.readable_snapshot(db, principal, snapshot_id)
+    snap = await access.readable_snapshot(db, principal, snapshot_id)
     return _binary(await svc.manifest_bytes(_store(request), snap))
 
 
 @router.get("/snapshots/{snapshot_id}/locations", response_class=Response, responses={**errors(401, 403, 404), **_BINARY_REPLY})
 async def get_locations(snapshot_id: str, db: Db, principal: Caller, request: Request) -> Response:
     """Where each chunk of the snapshot is stored (pack, offset, length), in the binary format of berth.workspace.format."""
-    snap = await svc.readable_snapshot(db, principal, snapshot_id)
+    snap = await access.readable_snapshot(db, principal, snapshot_id)
     return _binary(await svc.manifest_bytes(_store(request), snap, locations=True))
 
 
 @router.post("/snapshots/{snapshot_id}/read", response_class=Response, responses={**errors(401, 403, 404, 422), **_BINARY_REPLY})
 async def read_pack(snapshot_id: str, body: ReadRequest, db: Db, principal: Caller, request: Request) -> Response:
     """Byte ranges of one of the snapshot's packs, concatenated (at most 64 MiB)."""
-    snap = await svc.readable_snapshot(db, principal, snapshot_id)
+    snap = await access.readable_snapshot(db, principal, snapshot_id)
     return _binary(await svc.read(db, _store(request), snap, body.pack, body.ranges))
 
 

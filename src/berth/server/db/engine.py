@@ -56,7 +56,7 @@ def _create_private_db_file(url: str) -> None:
 
 
 def sessionmaker(engine: AsyncEngine, info: dict | None = None) -> async_sessionmaker:
-    """`info` reaches every database session as `db.info` (the app puts its secret box there)."""
+    """`info` reaches every database session as `db.info` (the app puts its secret box and notifier there)."""
     return async_sessionmaker(engine, expire_on_commit=False, info=info or {})
 
 

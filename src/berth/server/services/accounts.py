@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps.common import DEFAULT_PROJECT
-from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from berth.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from berth.schemas import Role, SessionStatus
 from berth.server.db.models import ApiToken, Project, ProjectMember, Queue, Session, User, Worker, utcnow
 
-from . import login_throttle, security
+from . import access, login_throttle, security
+from .access import Principal
 
 log = logging.getLogger("berth.server")
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
-
-
-@dataclass
-class Principal:
-    """Who is asking: a user, a worker (agent), or one session's supervisor."""
-
-    kind: str  # "user" | "worker" | "session" | "agent-registration"
-    user: User | None = None
-    worker: Worker | None = None
-    session_id: str | None = None
-
-    def require_user(self) -> User:
-        if self.user is None:
-            raise Forbidden("this route is for users")
-        return self.user
 
 
 async def authenticate(db: AsyncSession, token: str | None, *, agent_token: str | None = None) -> Principal:
@@ -96,8 +81,7 @@ async def _dummy_hash() -> str:
 async def create_token(db: AsyncSession, user: User | None, *, kind: str, label: str, expires_days: float | None) -> tuple[ApiToken, str]:
     if kind not in ("api", "gateway", "agent"):
         raise InvalidInput("kind: must be api, gateway or agent", field="kind")
-    if kind == "agent" and not (user and user.is_admin):
-        raise Forbidden("only admins can create agent registration tokens")
+    access.may_create_token(user, kind)
     if expires_days is not None and expires_days <= 0:
         raise InvalidInput("expires_days: must be positive", field="expires_days")
     secret = security.new_token(kind)
@@ -117,11 +101,22 @@ async def list_tokens(db: AsyncSession, user: User) -> list[ApiToken]:
 
 
 async def revoke_token(db: AsyncSession, user: User, token_id: str) -> ApiToken:
-    row = await db.get(ApiToken, token_id)
-    if row is None or (row.user_id != user.id and not user.is_admin):
-        raise NotFound(f"no token {token_id!r}")
+    row = await access.own_token(db, user, token_id)
     row.revoked_at = row.revoked_at or utcnow()
     return row
+
+
+def add_ssh_keys(user: User, lines: list[str]) -> list[str]:
+    """Add public keys (kept once each, newest 32) that every session the user launches will accept."""
+    keys = []
+    for i, line in enumerate(lines):
+        parts = line.strip().split()
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in line:
+            raise InvalidInput(f"keys.{i}: not an OpenSSH public key line", field=f"keys.{i}")
+        keys.append(" ".join(parts[:3]))
+    merged = [k for k in (user.ssh_keys or []) if k not in keys] + keys
+    user.ssh_keys = merged[-32:]
+    return user.ssh_keys
 
 
 async def create_user(db: AsyncSession, username: str, password: str, *, is_admin: bool = False) -> User:
@@ -163,33 +158,17 @@ async def get_or_create_project(db: AsyncSession, name: str) -> Project:
     return project
 
 
-async def role_in(db: AsyncSession, user: User, project_id: int) -> Role | None:
-    if user.is_admin:
-        return Role.admin
-    row = (await db.execute(select(ProjectMember.role).where(
-        ProjectMember.project_id == project_id, ProjectMember.user_id == user.id))).scalar_one_or_none()
-    return Role(row) if row else None
+async def list_projects(db: AsyncSession, user: User) -> list[tuple[str, Role]]:
+    """The projects the user has a role in, with that role, by name."""
+    projects = list((await db.execute(select(Project.id, Project.name).order_by(Project.name))).all())
+    held = await access.roles(db, user, [pid for pid, _ in projects])
+    return [(name, held[pid]) for pid, name in projects if pid in held]
 
 
-async def require_role(db: AsyncSession, user: User, project_id: int | None, needed: Role,
-                       missing: NotFound | None) -> Role:
-    """The one access rule for things that live in a project.
-
-    `project_id` None means the thing looked up does not exist. A caller with no role in the project cannot
-    see what it holds, so gets `missing`: the very answer for a thing that does not exist (whether it exists
-    does not leak). Only a caller who can see it but whose role is below `needed` gets 403. `missing` None:
-    the caller already knows the project exists (a name they chose), so no role at all is 403 too.
-    """
-    role = await role_in(db, user, project_id) if project_id is not None else None
-    if role is None and missing is not None:
-        if project_id is not None:
-            log.info("user %s denied %s on project id %s (answered as not found)", user.username, needed.value, project_id)
-        raise missing
-    if role is None or role.rank < needed.rank:
-        project = await db.get(Project, project_id)
-        raise Forbidden(f"you need the {needed.value} role in project {project.name!r}",
-                        log_message=f"user {user.username} denied {needed.value} on project {project.name}")
-    return role
+async def create_project(db: AsyncSession, user: User, name: str) -> Project:
+    if (await db.execute(select(Project.id).where(Project.name == name))).first():
+        raise Conflict(f"project {name!r} exists")
+    return await project_for_launch(db, user, name)
 
 
 async def project_for_launch(db: AsyncSession, user: User, name: str) -> Project:
@@ -201,13 +180,13 @@ async def project_for_launch(db: AsyncSession, user: User, name: str) -> Project
         await db.flush()
         return project
     # The name is taken (a new one would create the project): saying so reveals nothing more than POST /projects' 409.
-    await require_role(db, user, project.id, Role.member, None)
+    await access.require_role(db, user, project.id, Role.member, None)
     return project
 
 
 async def set_member(db: AsyncSession, actor: User, project_name: str, username: str, role: Role | None) -> None:
     project = (await db.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
-    await require_role(db, actor, project.id if project else None, Role.admin, NotFound(f"no project {project_name!r}"))
+    await access.require_role(db, actor, project.id if project else None, Role.admin, NotFound(f"no project {project_name!r}"))
     target = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     if target is None:
         raise NotFound(f"no user {username!r}")
@@ -220,11 +199,3 @@ async def set_member(db: AsyncSession, actor: User, project_name: str, username:
         row.role = role.value
     else:
         db.add(ProjectMember(project_id=project.id, user_id=target.id, role=role.value))
-
-
-async def visible_project_ids(db: AsyncSession, user: User) -> list[int] | None:
-    """Projects the user can read; None means all (admin)."""
-    if user.is_admin:
-        return None
-    rows = await db.execute(select(ProjectMember.project_id).where(ProjectMember.user_id == user.id))
-    return [r[0] for r in rows]

@@ -1,4 +1,4 @@
-"""Resource metrics: ingest samples, downsample them for charts, delete old ones, postpone idle shutdowns.
+"""Resource metrics: ingest samples, downsample them for charts, delete old ones.
 
 Storage: one wide row per sample (``session_samples`` / ``worker_samples``) plus per-minute rollups
 (``*_rollups``: min, max, sum and count per series), updated at ingestion by an upsert.
@@ -24,12 +24,9 @@ from typing import Any
 from sqlalchemy import BigInteger, Table, and_, bindparam, delete, func, insert, literal, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from berth.errors import Conflict, InvalidInput
+from berth.errors import InvalidInput
 from berth.metrics import MAX_POINTS, SERIES, GpuSample, Ingested, MetricSample, MetricsView, Series
-from berth.schemas import SessionStatus
-from berth.server.db.models import Session, SessionSample, WorkerSample, session_rollups, utcnow, worker_rollups
-
-from .sessions import add_event
+from berth.server.db.models import SessionSample, WorkerSample, session_rollups, utcnow, worker_rollups
 
 log = logging.getLogger("berth.server")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -277,19 +274,7 @@ async def query(db: AsyncSession, kind: Kind, owner_id: str, start: datetime, en
     return view
 
 
-# --- idle extension and retention -------------------------------------------------------------------
-
-async def extend(db: AsyncSession, row: Session, hours: float, by: str) -> Session:
-    """No idle shutdown before max(earlier extension, now) + hours."""
-    if not SessionStatus(row.status).is_running or row.status == SessionStatus.stopping.value:
-        raise Conflict(f"session {row.id} is {row.status}: only a running session can be extended")
-    now = utcnow()
-    base = max(row.idle_extended_until, now) if row.idle_extended_until else now
-    row.idle_extended_until = base + timedelta(hours=hours)
-    row.updated_at = now
-    await add_event(db, row.id, f"idle: shutdown postponed until {row.idle_extended_until:%Y-%m-%d %H:%M:%S} UTC by {by}")
-    return row
-
+# --- retention -------------------------------------------------------------------------------------
 
 def _expired(kind: Kind, cutoff: int, chunk: int) -> list:
     t, r = kind.samples, kind.rollups.c

@@ -2,6 +2,10 @@
 
 A held request re-reads the database every ``poll_interval`` anyway, so a write on another replica
 is seen within that interval; a write on this one wakes waiters at once.
+
+Services announce a change with `after_commit(db, topic)`: waiters are woken when (and only if) the
+transaction commits, so a woken poll always finds the change. The app's sessionmaker puts its notifier in
+``db.info["notifier"]``; a database session without one (scripts, tests) announces nothing.
 """
 
 from __future__ import annotations
@@ -9,9 +13,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
 T = TypeVar("T")
+_PENDING = "notify_pending"
+
+
+def after_commit(db: AsyncSession, *topics: str) -> None:
+    """Notify `topics` once `db`'s current transaction commits; a rollback drops them."""
+    notifier: Notifier | None = db.info.get("notifier")
+    if notifier is None:
+        return
+    pending: set[str] | None = db.info.get(_PENDING)
+    if pending is None:
+        pending = db.info[_PENDING] = set()
+
+        def flush(_session) -> None:
+            woken = list(pending)
+            pending.clear()
+            for topic in woken:
+                notifier.notify(topic)
+
+        event.listen(db.sync_session, "after_commit", flush)
+        event.listen(db.sync_session, "after_rollback", lambda _session: pending.clear())
+    pending.update(topics)
 
 
 class Notifier:
@@ -46,3 +75,15 @@ class Notifier:
             finally:
                 for t in tasks:
                     t.cancel()
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One long poll: the notifier, how long the request may be held, how often the database is re-read."""
+
+    notifier: Notifier
+    timeout: float
+    interval: float
+
+    async def wait_for(self, topics: list[str], check: Callable[[], Awaitable[T | None]]) -> T | None:
+        return await self.notifier.wait_for(topics, check, self.timeout, self.interval)

@@ -1,30 +1,71 @@
-"""Session lifecycle: launch, view, stop, clone, export, console events, supervisor reports."""
+"""Session lifecycle: launch, view, stop, sync, extend, clone, export, console events, supervisor reports.
+
+Every change of a session's status goes through one table, `TRANSITIONS`: `transition` for a loaded row,
+`sources` for the bulk and compare-and-set updates (claim, a lost worker's sessions). Changes that a
+long poll waits for are announced with `notify.after_commit`, so waiters wake once the change is committed.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps import export_document, validate_config
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
-from berth.schemas import App, LastSnapshot, LaunchRequest, Links, Role, SessionStatus, SessionView, SshInfo, SupervisorStatus
+from berth.schemas import (
+    App, LastSnapshot, LaunchRequest, LaunchSecrets, Links, SessionStatus, SessionView, SshInfo, SupervisorControl, SupervisorStatus,
+)
 from berth.server.db.models import Project, Queue, Session, SessionEvent, Snapshot, User, Worker, utcnow
 
-from . import accounts, secretbox, security
+from . import access, accounts, notify, secretbox, security
 
 log = logging.getLogger("berth.server")
+S = SessionStatus
 
-# Which reported transitions a supervisor may make (failed is always allowed while not final).
-_ALLOWED = {
-    SessionStatus.starting: {SessionStatus.active, SessionStatus.stopping, SessionStatus.stopped},
-    SessionStatus.active: {SessionStatus.idle, SessionStatus.stopping, SessionStatus.stopped},
-    SessionStatus.idle: {SessionStatus.active, SessionStatus.stopping, SessionStatus.stopped},
-    SessionStatus.stopping: {SessionStatus.stopped},
+# Which status may follow which, whoever asks (user, supervisor, agent, reaper). failed is reachable from
+# every status that is not final; a final status is never left.
+TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
+    S.queued: frozenset({S.starting, S.stopped, S.failed}),
+    S.starting: frozenset({S.active, S.stopping, S.stopped, S.failed}),
+    S.active: frozenset({S.idle, S.stopping, S.stopped, S.failed}),
+    S.idle: frozenset({S.active, S.stopping, S.stopped, S.failed}),
+    S.stopping: frozenset({S.stopped, S.failed}),
+    S.stopped: frozenset(),
+    S.failed: frozenset(),
 }
+
+
+def check_transition(session_id: str, current: SessionStatus, new: SessionStatus) -> None:
+    if new not in TRANSITIONS[current]:
+        raise Conflict(f"session {session_id}: {current.value} -> {new.value} is not a valid transition")
+
+
+def sources(new: SessionStatus) -> list[str]:
+    """The statuses `new` may follow: the WHERE of a compare-and-set or bulk update to `new`."""
+    return [old.value for old, targets in TRANSITIONS.items() if new in targets]
+
+
+def final_values(status: SessionStatus, error: str | None) -> dict[str, Any]:
+    """The columns a session's end sets (credentials are only needed at setup)."""
+    now = utcnow()
+    return dict(status=status.value, error=error, stopped_at=now, updated_at=now, secrets={})
+
+
+def transition(row: Session, new: SessionStatus, error: str | None = None) -> None:
+    """Move a loaded session to `new` (409 when the table forbids it)."""
+    check_transition(row.id, SessionStatus(row.status), new)
+    if new.is_final:
+        for column, value in final_values(new, error).items():
+            setattr(row, column, value)
+        return
+    row.status = new.value
+    row.updated_at = utcnow()
+    if new == S.active and row.started_at is None:
+        row.started_at = row.updated_at
 
 
 def session_topic(session_id: str) -> str:
@@ -39,20 +80,17 @@ async def add_event(db: AsyncSession, session_id: str, message: str, level: str 
     db.add(SessionEvent(session_id=session_id, message=message[:8000], level=level, ts=ts or utcnow()))
 
 
+async def add_events(db: AsyncSession, session_id: str, events: list) -> None:
+    """A supervisor's batch of console lines (`EventIn`), at most 1000."""
+    for event in events[:1000]:
+        await add_event(db, session_id, event.message, level=event.level, ts=event.ts)
+    notify.after_commit(db, session_topic(session_id))
+
+
 async def get_session(db: AsyncSession, session_id: str) -> Session:
     row = await db.get(Session, session_id)
     if row is None:
         raise NotFound(f"no session {session_id!r}")
-    return row
-
-
-async def readable_session(db: AsyncSession, user: User, session_id: str, needed: Role = Role.viewer,
-                           missing: NotFound | None = None) -> Session:
-    """The session, if `user` may see it (any role in its project) and holds `needed`. One answer, `missing`
-    (default: no session), whether it does not exist or the user cannot see it."""
-    row = await db.get(Session, session_id)
-    await accounts.require_role(db, user, row.project_id if row else None, needed,
-                                missing or NotFound(f"no session {session_id!r}"))
     return row
 
 
@@ -64,7 +102,7 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
         raise InvalidInput(f"config.queue: unknown queue {config.queue!r} (known: {known})", field="config.queue")
     if config.restore_session:
         try:
-            await readable_session(db, user, config.restore_session)
+            await access.session_for_user(db, user, config.restore_session)
         except NotFound:
             raise InvalidInput(f"config.restore_session: no session {config.restore_session!r} you can read",
                                field="config.restore_session") from None
@@ -79,25 +117,46 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
     db.add(row)
     await db.flush()
     await add_event(db, session_id, f"status: queued on {queue.name!r} by {user.username}")
+    notify.after_commit(db, queue_topic(queue.id))
     return row
 
 
+async def clone(db: AsyncSession, user: User, session_id: str, overrides: dict[str, Any], secrets: LaunchSecrets) -> Session:
+    source = await access.session_for_user(db, user, session_id)
+    return await launch(db, user, LaunchRequest(app=source.app, config=clone_config(source, overrides), secrets=secrets))
+
+
 async def view(db: AsyncSession, row: Session) -> SessionView:
-    project = await db.get(Project, row.project_id)
-    owner = await db.get(User, row.owner_id)
-    queue = await db.get(Queue, row.queue_id)
-    worker = await db.get(Worker, row.worker_id) if row.worker_id else None
-    status = SessionStatus(row.status)
-    ssh = _open_ssh(db, row) if row.ssh and status.is_running else None
-    return SessionView(
-        id=row.id, app=App(row.app), name=row.name, project=project.name, tags=list(row.tags or []), queue=queue.name,
-        status=status, dashboard_status=status.dashboard, idle_seconds=row.idle_seconds if status == SessionStatus.idle else 0.0,
-        restored_from=row.restored_from, worker=worker.name if worker else None, error=row.error, owner=owner.username,
-        config=row.config, ssh=ssh, links=Links() if row.app == App.remote_desktop.value else None,
-        created_at=row.created_at, started_at=row.started_at, stopped_at=row.stopped_at,
-        last_snapshot=await _last_snapshot(db, row.id),
-        kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
-    )
+    return (await views(db, [row]))[0]
+
+
+async def views(db: AsyncSession, rows: list[Session]) -> list[SessionView]:
+    """Views of many sessions in a fixed number of queries (names and last snapshots loaded in batches)."""
+    if not rows:
+        return []
+    projects = await _names(db, Project.id, Project.name, {r.project_id for r in rows})
+    owners = await _names(db, User.id, User.username, {r.owner_id for r in rows})
+    queues = await _names(db, Queue.id, Queue.name, {r.queue_id for r in rows})
+    workers = await _names(db, Worker.id, Worker.name, {r.worker_id for r in rows if r.worker_id})
+    snapshots = await _last_snapshots(db, [r.id for r in rows])
+    out = []
+    for row in rows:
+        status = SessionStatus(row.status)
+        out.append(SessionView(
+            id=row.id, app=App(row.app), name=row.name, project=projects[row.project_id], tags=list(row.tags or []),
+            queue=queues[row.queue_id], status=status, dashboard_status=status.dashboard,
+            idle_seconds=row.idle_seconds if status == SessionStatus.idle else 0.0, restored_from=row.restored_from,
+            worker=workers.get(row.worker_id), error=row.error, owner=owners[row.owner_id], config=row.config,
+            ssh=_open_ssh(db, row) if row.ssh and status.is_running else None,
+            links=Links() if row.app == App.remote_desktop.value else None,
+            created_at=row.created_at, started_at=row.started_at, stopped_at=row.stopped_at, last_snapshot=snapshots.get(row.id),
+            kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
+        ))
+    return out
+
+
+async def _names(db: AsyncSession, key, name, ids: set) -> dict:
+    return {k: v for k, v in await db.execute(select(key, name).where(key.in_(ids)))}
 
 
 def _open_ssh(db: AsyncSession, row: Session) -> SshInfo:
@@ -110,19 +169,21 @@ def _open_ssh(db: AsyncSession, row: Session) -> SshInfo:
     return SshInfo.model_validate(ssh)
 
 
-async def _last_snapshot(db: AsyncSession, session_id: str) -> LastSnapshot | None:
-    snap = (await db.execute(select(Snapshot).where(Snapshot.session_id == session_id)
-                             .order_by(Snapshot.created_at.desc(), Snapshot.id).limit(1))).scalar_one_or_none()
-    if snap is None:
-        return None
-    return LastSnapshot(id=snap.id, created_at=snap.created_at, files=snap.files, bytes_total=snap.bytes_total,
-                        bytes_new=snap.bytes_stored_new)
+async def _last_snapshots(db: AsyncSession, session_ids: list[str]) -> dict[str, LastSnapshot]:
+    """Each session's newest snapshot, in one query (ties: the smallest id, as listing them does)."""
+    rank = func.row_number().over(partition_by=Snapshot.session_id,
+                                  order_by=(Snapshot.created_at.desc(), Snapshot.id)).label("rank")
+    ranked = (select(Snapshot.session_id, Snapshot.id, Snapshot.created_at, Snapshot.files, Snapshot.bytes_total,
+                     Snapshot.bytes_stored_new, rank).where(Snapshot.session_id.in_(session_ids)).subquery())
+    rows = await db.execute(select(ranked).where(ranked.c.rank == 1))
+    return {r.session_id: LastSnapshot(id=r.id, created_at=r.created_at, files=r.files, bytes_total=r.bytes_total,
+                                       bytes_new=r.bytes_stored_new) for r in rows}
 
 
 async def list_sessions(db: AsyncSession, user: User, *, status: list[str] | None, project: str | None,
                         app: str | None, limit: int) -> list[Session]:
     query = select(Session).order_by(Session.created_at.desc()).limit(limit)
-    visible = await accounts.visible_project_ids(db, user)
+    visible = await access.visible_project_ids(db, user)
     if visible is not None:
         query = query.where(Session.project_id.in_(visible))
     if status:
@@ -139,30 +200,38 @@ async def request_stop(db: AsyncSession, row: Session, by: str) -> Session:
     if status.is_final or status == SessionStatus.stopping:
         return row
     if status == SessionStatus.queued:
-        await finish(db, row, SessionStatus.stopped, None)
+        transition(row, SessionStatus.stopped)
         await add_event(db, row.id, f"status: stopped before it started ({by})")
-        return row
-    row.stop_requested = True
-    row.status = SessionStatus.stopping.value
-    row.updated_at = utcnow()
-    await add_event(db, row.id, f"status: stopping ({by})")
+    else:
+        row.stop_requested = True
+        transition(row, SessionStatus.stopping)
+        await add_event(db, row.id, f"status: stopping ({by})")
+    notify.after_commit(db, session_topic(row.id))
     return row
 
 
-async def request_sync(db: AsyncSession, row: Session, by: str) -> None:
+async def request_sync(db: AsyncSession, row: Session, by: str) -> Session:
     status = SessionStatus(row.status)
     if status not in (SessionStatus.active, SessionStatus.idle):
         raise Conflict(f"session {row.id} is {status.value}: only a running session can sync its workspace")
     row.sync_requested_at = utcnow()
     await add_event(db, row.id, f"workspace: sync requested by {by}")
+    notify.after_commit(db, session_topic(row.id))
+    return row
 
 
-async def finish(db: AsyncSession, row: Session, status: SessionStatus, error: str | None) -> None:
-    row.status = status.value
-    row.error = error
-    row.stopped_at = utcnow()
-    row.updated_at = row.stopped_at
-    row.secrets = {}  # credentials are only needed at setup
+async def extend(db: AsyncSession, row: Session, hours: float, by: str) -> Session:
+    """No idle shutdown before max(earlier extension, now) + hours; the supervisor reads it from its next
+    watch or status reply."""
+    if not SessionStatus(row.status).is_running or row.status == SessionStatus.stopping.value:
+        raise Conflict(f"session {row.id} is {row.status}: only a running session can be extended")
+    now = utcnow()
+    base = max(row.idle_extended_until, now) if row.idle_extended_until else now
+    row.idle_extended_until = base + timedelta(hours=hours)
+    row.updated_at = now
+    await add_event(db, row.id, f"idle: shutdown postponed until {row.idle_extended_until:%Y-%m-%d %H:%M:%S} UTC by {by}")
+    notify.after_commit(db, session_topic(row.id))
+    return row
 
 
 def export(row: Session) -> dict[str, Any]:
@@ -182,16 +251,35 @@ async def events_after(db: AsyncSession, session_id: str, after: int, limit: int
     return list(rows.scalars())
 
 
-async def supervisor_report(db: AsyncSession, row: Session, report: SupervisorStatus) -> Session:
+async def wait_for_events(db: AsyncSession, session_id: str, after: int, limit: int, poll: notify.Poll) -> list[SessionEvent]:
+    """Console lines after id `after`; held until there is one or the poll's time is up."""
+    async def check():
+        rows = await events_after(db, session_id, after, limit)
+        if rows:
+            return rows
+        await db.commit()  # end the read transaction so the next poll sees new rows
+        return None
+
+    return await poll.wait_for([session_topic(session_id)], check) or []
+
+
+async def supervisor_report(db: AsyncSession, session_id: str, report: SupervisorStatus) -> SupervisorControl:
     """Apply a supervisor's status report; a session the server already ended answers 409 so it tears down."""
+    row = await get_session(db, session_id)
     current = SessionStatus(row.status)
-    new = report.status
     if current.is_final:
-        if new == current:
-            return row
-        raise Conflict(f"session {row.id} is already {current.value}")
-    if new != current and new != SessionStatus.failed and new not in _ALLOWED.get(current, set()):
-        raise Conflict(f"session {row.id}: {current.value} -> {new.value} is not a valid transition")
+        if report.status != current:
+            raise Conflict(f"session {row.id} is already {current.value}")
+    else:
+        await _apply_report(db, row, report)
+    notify.after_commit(db, session_topic(row.id))
+    return _control(row, watching=False)
+
+
+async def _apply_report(db: AsyncSession, row: Session, report: SupervisorStatus) -> None:
+    current, new = SessionStatus(row.status), report.status
+    if new != current:
+        check_transition(row.id, current, new)
     if report.ssh is not None:
         row.ssh = {**report.ssh.model_dump(), "password": secretbox.box(db).seal(report.ssh.password)}
     if report.idle_seconds is not None:
@@ -199,24 +287,49 @@ async def supervisor_report(db: AsyncSession, row: Session, report: SupervisorSt
     if report.kept_alive_by is not None:
         row.kept_alive_by = report.kept_alive_by[:20]
     if new != current:
-        if new.is_final:
-            await finish(db, row, new, report.error)
-        else:
-            row.status = new.value
-            if new == SessionStatus.active and row.started_at is None:
-                row.started_at = utcnow()
+        transition(row, new, report.error)
     row.updated_at = utcnow()
     if new == SessionStatus.failed and report.error:
         row.error = report.error
-    return row
+    if new != current:
+        failed = new == SessionStatus.failed
+        await add_event(db, row.id, f"status: {new.value}" + (f": {row.error}" if failed and row.error else ""),
+                        level="error" if failed else "info")
+
+
+def _control(row: Session, *, watching: bool) -> SupervisorControl:
+    """What a supervisor learns; the watch also tells a session the server ended to stop, and of sync requests."""
+    if not watching:
+        return SupervisorControl(stop=row.stop_requested, status=row.status, extend_until=row.idle_extended_until)
+    return SupervisorControl(stop=row.stop_requested or SessionStatus(row.status).is_final, status=row.status,
+                             extend_until=row.idle_extended_until, sync_requested_at=row.sync_requested_at)
+
+
+async def watch(db: AsyncSession, session_id: str, known_extend: datetime | None, known_sync: datetime | None,
+                poll: notify.Poll) -> SupervisorControl:
+    """Held until there is news for the supervisor (stop, idle extension or sync request differing from what it
+    already knows) or the poll's time is up."""
+    async def check():
+        row = await get_session(db, session_id)
+        await db.refresh(row)
+        await db.commit()  # end the read transaction so the next poll sees new rows
+        news = _control(row, watching=True)
+        if news.stop or news.extend_until != known_extend or news.sync_requested_at != known_sync:
+            return news
+        return None
+
+    news = await poll.wait_for([session_topic(session_id)], check)
+    return news or _control(await get_session(db, session_id), watching=True)
 
 
 async def fail_sessions_of_worker(db: AsyncSession, worker: Worker, reason: str) -> list[str]:
-    running = [s.value for s in SessionStatus if s.is_running]
+    """A lost worker's running sessions fail (compare-and-set: a session that ended meanwhile keeps its end)."""
+    running = [s.value for s in SessionStatus if s.is_running and s.value in sources(SessionStatus.failed)]
     ids = [r[0] for r in await db.execute(select(Session.id).where(Session.worker_id == worker.id, Session.status.in_(running)))]
     if ids:
-        await db.execute(update(Session).where(Session.id.in_(ids), Session.status.in_(running)).values(
-            status=SessionStatus.failed.value, error=reason, stopped_at=utcnow(), updated_at=utcnow(), secrets={}))
+        await db.execute(update(Session).where(Session.id.in_(ids), Session.status.in_(running))
+                         .values(**final_values(SessionStatus.failed, reason)))
         for sid in ids:
             await add_event(db, sid, f"status: failed: {reason}", level="error")
+        notify.after_commit(db, *(session_topic(sid) for sid in ids))
     return ids

@@ -1,4 +1,4 @@
-"""Workers: registration, heartbeats, claiming sessions from queues, and noticing lost workers."""
+"""Workers and queues: registration, heartbeats, claiming sessions from queues, listing, noticing lost workers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth.errors import NotFound
-from berth.schemas import Assignment, LaunchSecrets, SessionStatus, WorkerRegister, WorkerStatus
+from berth.errors import Conflict, NotFound
+from berth.schemas import Assignment, LaunchSecrets, SessionStatus, WorkerRegister, WorkerStatus, WorkerView
 from berth.server.db.models import Queue, Session, User, Worker, utcnow
 
-from . import secretbox, security
-from .sessions import add_event
+from . import notify, secretbox, security
+from .sessions import add_event, fail_sessions_of_worker, queue_topic, sources
 
 log = logging.getLogger("berth.server")
 
@@ -62,7 +62,7 @@ async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
                                   .order_by(Session.created_at).limit(5))
     for (sid,) in candidates:
         token = security.new_token("session")
-        result = await db.execute(update(Session).where(Session.id == sid, Session.status == SessionStatus.queued.value).values(
+        result = await db.execute(update(Session).where(Session.id == sid, Session.status.in_(sources(SessionStatus.starting))).values(
             status=SessionStatus.starting.value, worker_id=worker.id, session_token_hash=security.hash_token(token),
             updated_at=utcnow()))
         if result.rowcount != 1:
@@ -80,6 +80,36 @@ async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
     return None
 
 
+async def claim(db: AsyncSession, worker: Worker, poll: notify.Poll) -> Assignment | None:
+    """Take the oldest queued session of the worker's queues; held until there is one or the poll's time is up."""
+    topics = [queue_topic(q) for q in await queue_ids(db, worker)]
+
+    async def check():
+        assignment = await try_claim(db, worker)
+        await db.commit()  # the claim is the agent's once committed; an empty check ends its read transaction
+        return assignment
+
+    return await poll.wait_for(topics, check)
+
+
+async def list_workers(db: AsyncSession) -> list[WorkerView]:
+    rows = (await db.execute(select(Worker).order_by(Worker.name))).scalars()
+    return [WorkerView(id=w.id, name=w.name, hostname=w.hostname, queues=w.queues, status=w.status, cpus=w.cpus,
+                       memory_bytes=w.memory_bytes, gpus=w.gpus, run_as=w.run_as, last_heartbeat=w.last_heartbeat) for w in rows]
+
+
+async def queue_names(db: AsyncSession) -> list[str]:
+    return [name for (name,) in await db.execute(select(Queue.name).order_by(Queue.name))]
+
+
+async def create_queue(db: AsyncSession, name: str) -> Queue:
+    if (await db.execute(select(Queue.id).where(Queue.name == name))).first():
+        raise Conflict(f"queue {name!r} exists")
+    queue = Queue(name=name)
+    db.add(queue)
+    return queue
+
+
 async def get_worker(db: AsyncSession, worker_id: str) -> Worker:
     worker = await db.get(Worker, worker_id)
     if worker is None:
@@ -89,8 +119,6 @@ async def get_worker(db: AsyncSession, worker_id: str) -> Worker:
 
 async def reap_lost(db: AsyncSession, timeout_s: float, not_before: datetime) -> list[str]:
     """Mark workers without a recent heartbeat lost and fail their sessions. Idempotent across replicas."""
-    from .sessions import fail_sessions_of_worker
-
     now = utcnow()
     if now - not_before < timedelta(seconds=timeout_s):
         return []  # this replica just started: give agents one timeout to reconnect

@@ -1,5 +1,5 @@
-"""Workspace snapshots on the server: who may read or write, the chunk index, pack uploads, commits,
-retention and garbage collection.
+"""Workspace snapshots on the server: the chunk index, pack uploads, commits, retention and garbage
+collection (who may read or write them: `access`).
 
 The database holds the chunk index (chunk id -> pack, offset) per project and one row per complete
 snapshot; the object store holds packs (``packs/<project>/…``) and, per snapshot, its manifest and a
@@ -18,16 +18,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth.errors import Conflict, Forbidden, InvalidInput, NotFound, WorkspaceError
+from berth.errors import Conflict, InvalidInput, NotFound, WorkspaceError
 from berth.ids import new_id
-from berth.schemas import SessionStatus
 from berth.server.db.models import Project, Session, Snapshot, SnapshotPack, WorkspacePack, utcnow
 from berth.settings import ServerSettings
 from berth.workspace import manifest as mf
@@ -36,8 +35,8 @@ from berth.workspace.format import (
 )
 from berth.workspace.schemas import GcReport, PackStored, SnapshotView, WorkspaceState
 
-from . import accounts, sessions as session_svc
-from .accounts import Principal
+from . import access
+from .access import Principal
 from .store import ObjectStore
 
 log = logging.getLogger("berth.server")
@@ -56,39 +55,7 @@ def _batches(items: list, size: int = _BATCH):
         yield items[i:i + size]
 
 
-# --- access ------------------------------------------------------------------------------------
-
-async def writable_session(db: AsyncSession, principal: Principal, session_id: str) -> Session:
-    """Only a session's own supervisor uploads its snapshots, and only while it runs."""
-    if principal.kind != "session" or principal.session_id != session_id:
-        raise Forbidden("only the session's own supervisor may upload its workspace")
-    row = await session_svc.get_session(db, session_id)
-    if not SessionStatus(row.status).is_running:
-        raise Conflict(f"session {session_id} is {row.status}: its workspace can no longer be uploaded")
-    return row
-
-
-async def readable_session(db: AsyncSession, principal: Principal, session_id: str,
-                           missing: NotFound | None = None) -> Session:
-    """Users: viewer role in the session's project. Supervisors: their own session and the one they restore.
-    Anything else is answered as `missing` (default: no session), the answer for one that does not exist."""
-    missing = missing or NotFound(f"no session {session_id!r}")
-    if principal.kind == "session":
-        own = await session_svc.get_session(db, principal.session_id)
-        if session_id not in (own.id, own.restored_from):
-            raise missing
-        return await session_svc.get_session(db, session_id)
-    return await session_svc.readable_session(db, principal.require_user(), session_id, missing=missing)
-
-
-async def readable_snapshot(db: AsyncSession, principal: Principal, snapshot_id: str) -> Snapshot:
-    snap = await db.get(Snapshot, snapshot_id)
-    missing = NotFound(f"no snapshot {snapshot_id!r}")
-    if snap is None:
-        raise missing
-    await readable_session(db, principal, snap.session_id, missing)
-    return snap
-
+# --- snapshots ---------------------------------------------------------------------------------
 
 async def view(db: AsyncSession, snap: Snapshot) -> SnapshotView:
     project = await db.get(Project, snap.project_id)
@@ -112,13 +79,12 @@ async def state(db: AsyncSession, row: Session) -> WorkspaceState:
 async def list_snapshots(db: AsyncSession, principal: Principal, session_id: str | None, project: str | None,
                          limit: int) -> list[SnapshotView]:
     query = select(Snapshot).order_by(Snapshot.created_at.desc(), Snapshot.id).limit(limit)
+    access.require_snapshot_lister(principal, session_id)
     if session_id:
-        await readable_session(db, principal, session_id)
+        await access.readable_session(db, principal, session_id)
         query = query.where(Snapshot.session_id == session_id)
-    elif principal.kind == "session":
-        raise Forbidden("a session must name the session whose snapshots it lists")
     else:
-        visible = await accounts.visible_project_ids(db, principal.require_user())
+        visible = await access.visible_project_ids(db, principal.require_user())
         if visible is not None:
             query = query.where(Snapshot.project_id.in_(visible))
     if project:
@@ -284,6 +250,18 @@ def _insert_ignoring_duplicates(db: AsyncSession, table):
 
 def _locations_key(manifest_key: str) -> str:
     return manifest_key + ".locations"
+
+
+async def receive(db: AsyncSession, store: ObjectStore, row: Session, snapshot_id: str, parent_id: str | None,
+                  read_manifest: Callable[[], Awaitable[bytes]], keep: int) -> tuple[SnapshotView, list[str]]:
+    """Read a manifest and commit its snapshot (`commit`), holding no transaction while the manifest streams in.
+    Returns the snapshot and the store keys to delete once the answer is sent."""
+    await db.commit()
+    manifest_bytes = await read_manifest()
+    snap, dropped = await commit(db, store, row, snapshot_id, parent_id, manifest_bytes, keep)
+    result = await view(db, snap)
+    await db.commit()  # the dropped snapshots' rows are gone before their store objects are deleted
+    return result, dropped
 
 
 async def commit(db: AsyncSession, store: ObjectStore, row: Session, snapshot_id: str, parent_id: str | None,
