@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from berth.metrics import Ingested, MetricsBatch, MetricsView
 from berth.server.db.models import utcnow
@@ -46,9 +48,17 @@ async def ingest_worker(worker_id: str, body: MetricsBatch, db: Db, principal: C
     return result
 
 
+def _points(points: int = 1000) -> int:
+    """Checked before any lookup (a bad number is 422 whatever the id), with the service's one message."""
+    return svc.check_points(points)
+
+
+Points = Annotated[int, Depends(_points)]
+
+
 @router.get("/sessions/{session_id}/metrics", response_model=MetricsView, responses=errors(401, 403, 404, 422))
-async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: datetime | None = None,
-                          end: datetime | None = None, points: int = 1000) -> Response:  # range checked by the service (one message)
+async def session_metrics(session_id: str, db: Db, user: CurrentUser, points: Points, start: datetime | None = None,
+                          end: datetime | None = None) -> Response:
     """Samples in [start, end) in at most `points` epoch-aligned buckets (min/mean/max per series; the first and
     last are clipped to the range). Defaults: the session's whole life (created until stopped, or now); with
     only `start`, until now."""
@@ -60,8 +70,8 @@ async def session_metrics(session_id: str, db: Db, user: CurrentUser, start: dat
 
 
 @router.get("/workers/{worker_id}/metrics", response_model=MetricsView, responses=errors(401, 404, 422))
-async def worker_metrics(worker_id: str, db: Db, _user: CurrentUser, start: datetime | None = None,
-                         end: datetime | None = None, points: int = 1000) -> Response:  # range checked by the service (one message)
+async def worker_metrics(worker_id: str, db: Db, _user: CurrentUser, points: Points, start: datetime | None = None,
+                         end: datetime | None = None) -> Response:
     """Host samples of a worker (any user may see workers). Defaults: the last hour."""
     await worker_svc.get_worker(db, worker_id)
     end = _utc(end) or utcnow() + _MS

@@ -171,11 +171,16 @@ async def ingest(db: AsyncSession, kind: Kind, owner_id: str, samples: list[Metr
 
 # --- queries ----------------------------------------------------------------------------------------
 
+def check_points(points: int) -> int:
+    if not 1 <= points <= MAX_POINTS:
+        raise InvalidInput(f"points: must be between 1 and {MAX_POINTS} (got {points})", field="points")
+    return points
+
+
 def check_range(start: datetime, end: datetime, points: int) -> None:
     if start > end:
         raise InvalidInput(f"start: {start.isoformat()} is after end ({end.isoformat()})", field="start")
-    if not 1 <= points <= MAX_POINTS:
-        raise InvalidInput(f"points: must be between 1 and {MAX_POINTS} (got {points})", field="points")
+    check_points(points)
 
 
 Parts = dict[int, list[tuple]]  # bucket -> rows (bucket, n, then min, max, sum, count per series)
