@@ -28,7 +28,8 @@ from berth.agent import environment as env
 from berth.agent.backends import SessionHost, get_backend
 from berth.agent.console import Console
 from berth.agent.context import SupervisorContext
-from berth.agent.ssh import SshServer, SshServerSpec, choose_kind, start_ssh_server, undo_inherited_signal_ignores
+from berth.agent.ssh import (SshServer, SshServerSpec, authorized_keys_text, choose_kind, start_ssh_server,
+                             undo_inherited_signal_ignores)
 from berth.agent.sync import WorkspaceSync
 from berth.workspace.excludes import DEFAULT_EXCLUDES
 from berth.apps import SshSessionConfig
@@ -146,8 +147,7 @@ class Supervisor:
         spec = SshServerSpec(kind=kind, run_dir=self.dir / "ssh", home=home, user=run_as.user, password=self.password,
                              authorized_keys=self.assignment.owner_ssh_keys, shell_wrapper=wrapper,
                              bind_host=self.ctx.bind_host, env=session_env, uid=run_as.uid, gid=run_as.gid,
-                             on_input=self.sampler.note_input,
-                             write_home_files=lambda files: self.act("write_files", {"files": files}))
+                             on_input=self.sampler.note_input, keys_written_by_caller=True)
 
         async def python_env() -> None:
             await env.create_venv(self.ctx.python, venv, run_as)
@@ -156,7 +156,8 @@ class Supervisor:
         async def home_and_git() -> None:
             # The workspace directory and the login files (they need the venv's path, not the venv), as the user.
             await self.act("login_files", {"home": str(home), "workspace": str(workspace), "venv": str(venv),
-                                           "session_id": self.id, "wrapper": str(wrapper)})
+                                           "session_id": self.id, "wrapper": str(wrapper),
+                                           "authorized_keys": authorized_keys_text(self.assignment.owner_ssh_keys)})
             c(f"setup: workspace {workspace}")
             if cfg.git_repo:
                 secrets = self.assignment.secrets

@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Callable
 
 import psutil
 
@@ -40,9 +40,9 @@ class SshServerSpec:
     uid: int | None = None
     gid: int | None = None
     on_input: Callable[[], None] | None = None  # built-in server only: a client sent data (idle detection)
-    # Writes files in the home as the session user (a supervisor's act_as_session "write_files"); when unset
-    # (a server started on its own), authorized_keys is written here, never through a link.
-    write_home_files: Callable[[list[dict]], Awaitable[None]] | None = None
+    # True: the caller writes ~/.ssh/authorized_keys as the session user (a supervisor does, with the login
+    # files); False (a server started on its own): written here by write_authorized_keys, never through a link.
+    keys_written_by_caller: bool = False
 
     def __repr__(self) -> str:  # never print the password
         return f"SshServerSpec(kind={self.kind!r}, user={self.user!r}, run_dir={str(self.run_dir)!r}, port={self.port!r})"
@@ -158,17 +158,17 @@ def write_authorized_keys(home: Path, keys: list[str], uid: int | None, gid: int
 
 
 async def prepare(spec: SshServerSpec) -> None:
-    """What every kind needs before it starts: a private run dir and the user's authorized_keys."""
+    """What every kind needs before it starts: a private run dir and (unless the caller writes them) authorized_keys."""
     if not spec.shell_wrapper.is_absolute():
         raise SetupFailed(f"shell wrapper must be an absolute path: {spec.shell_wrapper}")
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(spec.run_dir, 0o700)  # keys live here
-    if spec.write_home_files is not None:
-        keys = "".join(k.strip() + "\n" for k in spec.authorized_keys if k.strip())
-        await spec.write_home_files([{"path": str(spec.home / ".ssh" / "authorized_keys"), "content": keys.encode(),
-                                      "mode": 0o600, "parent_mode": 0o700}])
-    else:
+    if not spec.keys_written_by_caller:
         write_authorized_keys(spec.home, spec.authorized_keys, spec.uid, spec.gid)
+
+
+def authorized_keys_text(keys: list[str]) -> str:
+    return "".join(k.strip() + "\n" for k in keys if k.strip())
 
 
 def _freeze(roots: list[psutil.Process]) -> list[psutil.Process]:
