@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,10 @@ def test_dead_supervisor_is_reported_by_the_agent(own):
         time.sleep(0.2)
     assert session_processes(view["id"]) == []
     assert subprocess.run(["id", f"berth-{view['id']}"], capture_output=True).returncode != 0
+    if os.geteuid() == 0:  # nothing of it is left: its socket dir is gone, its home locked
+        assert not (Path("/run/berth") / view["id"]).exists()
+        home = Path("/var/lib/berth/homes") / view["id"]
+        assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (0, 0o700)
 
 
 def test_non_root_agent_gives_password_login_with_a_pty(own, nonroot_user):

@@ -180,7 +180,10 @@ class WorkspaceSync:
         (the session's venv) written as the session user."""
         if socket_dir.exists():
             shutil.rmtree(socket_dir)
-        socket_dir.mkdir(parents=True, mode=0o700)
+        socket_dir.parent.mkdir(parents=True, exist_ok=True)
+        if gid is not None:  # session users traverse it to their own socket dir, whatever the agent's umask
+            os.chmod(socket_dir.parent, 0o755)
+        socket_dir.mkdir(mode=0o700)
         if gid is not None:
             os.chown(socket_dir, 0, gid)
             os.chmod(socket_dir, 0o710)
