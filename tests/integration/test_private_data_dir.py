@@ -290,11 +290,11 @@ async def test_writers_are_private_without_the_server_umask(tmp_path):
     a new SQLite database with its -wal/-shm, secret.key."""
     from berth.server.db.engine import make_engine
     from berth.server.services.secretbox import SecretBox
-    from berth.server.services.store import ObjectStore
+    from berth.server.services.store import open_store
 
     old = os.umask(0)
     try:
-        store = ObjectStore(str(tmp_path / "store"))
+        store = open_store(str(tmp_path / "store"))
         store.put("snapshots/1/x.manifest", b"manifest")
         upload = store.upload("packs/1/ab/y.pack")
         upload.write([b"part"])

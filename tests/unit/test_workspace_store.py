@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from berth.server.services.store import ObjectStore
+from berth.server.services.store import open_store
 
 
 @pytest.fixture(params=["dir", "memory"])
 def store(request, tmp_path):
     url = str(tmp_path / "store") if request.param == "dir" else f"memory://berth-test-{id(request)}"
-    yield ObjectStore(url)
+    yield open_store(url)
 
 
 def test_put_get_ranges_list_delete(store):

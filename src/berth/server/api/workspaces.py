@@ -14,7 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from berth.errors import InvalidInput
 from berth.server.services import access
 from berth.server.services import workspaces as svc
-from berth.server.services.store import ObjectStore
+from berth.server.services.store import WorkspaceStore, open_store
 from berth.workspace.schemas import ChunkQuery, GcReport, MissingChunks, PackStored, ReadRequest, SnapshotView, WorkspaceState
 
 from .deps import Admin, Caller, Db, errors
@@ -26,10 +26,10 @@ _BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet
 _BINARY_REPLY = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def _store(request: Request) -> ObjectStore:
+def _store(request: Request) -> WorkspaceStore:
     store = getattr(request.app.state, "workspace_store", None)
     if store is None:
-        store = request.app.state.workspace_store = ObjectStore(svc.store_url(request.app.state.settings))
+        store = request.app.state.workspace_store = open_store(svc.store_url(request.app.state.settings))
     return store
 
 

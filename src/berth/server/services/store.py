@@ -1,12 +1,20 @@
-"""The object store behind workspace snapshots: a local directory or any fsspec filesystem.
+"""The object store behind workspace snapshots (packs and manifests under string keys).
 
-Blocking calls (callers run them in a thread). Objects are written whole and appear atomically: by
-rename on a local disk, by a single PUT on object stores. A local store holds every project's workspace
-contents: its directories are 0700 and its files (temp upload files included) 0600, whatever the umask.
+``WorkspaceStore`` is the plugin contract; ``FsspecStore`` serves a local directory or any fsspec filesystem
+(s3://, gs://, ...), which covers the stores we know of. Blocking calls (callers run them in a thread).
+
+Required methods of a store:
+    ``put(key, data)``           write an object whole; it appears atomically
+    ``upload(key)``              an object written in parts (``write``/``commit``/``abort``), appearing on commit
+    ``get(key)``                 the object's bytes; FileNotFoundError when missing
+    ``read_ranges(key, ranges)`` the (offset, length) ranges, concatenated
+    ``delete(key)``              remove it; a missing object is not an error
+    ``list(prefix)``             the keys under a prefix, recursively
 """
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 
@@ -17,7 +25,38 @@ from berth.ids import new_id
 from berth.private_files import ensure_private_dir, open_private
 
 
-class ObjectStore:
+class WorkspaceStore(abc.ABC):
+    url: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def upload(self, key: str) -> Upload: ...
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> bytes: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[str]: ...
+
+
+def open_store(url: str) -> WorkspaceStore:
+    """The store for a `store_url` setting: a plain path, file://, or any fsspec URL."""
+    return FsspecStore(url)
+
+
+class FsspecStore(WorkspaceStore):
+    """Objects appear atomically: by rename on a local disk, by a single PUT on object stores. A local store
+    holds every project's workspace contents: its directories are 0700 and its files (temp upload files
+    included) 0600, whatever the umask."""
+
     def __init__(self, url: str):
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url)
@@ -86,7 +125,7 @@ def _private_makedirs(path: str) -> None:
 
 
 class Upload:
-    def __init__(self, store: ObjectStore, key: str):
+    def __init__(self, store: FsspecStore, key: str):
         self.store, self.key = store, key
         self.parts: list = []
         self.file = None

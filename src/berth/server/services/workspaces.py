@@ -37,7 +37,7 @@ from berth.workspace.schemas import GcReport, PackStored, SnapshotView, Workspac
 
 from . import access
 from .access import Principal
-from .store import ObjectStore
+from .store import WorkspaceStore
 
 log = logging.getLogger("berth.server")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -125,7 +125,7 @@ async def _chunk_rows(db: AsyncSession, project_id: int, ids: list[str]) -> list
     return rows
 
 
-async def _verify(db: AsyncSession, store: ObjectStore, project_id: int, rows: list) -> set[str]:
+async def _verify(db: AsyncSession, store: WorkspaceStore, project_id: int, rows: list) -> set[str]:
     """Check other sessions' chunks against their ids (reading at most MAX_VERIFY_BYTES); the good ones
     become trusted by everyone."""
     by_key: dict[str, list] = {}
@@ -160,7 +160,7 @@ async def _verify(db: AsyncSession, store: ObjectStore, project_id: int, rows: l
     return set(good)
 
 
-async def missing(db: AsyncSession, store: ObjectStore, row: Session, ids: list[str]) -> list[str]:
+async def missing(db: AsyncSession, store: WorkspaceStore, row: Session, ids: list[str]) -> list[str]:
     """The ids the project's store lacks (for this session: see above). Packs holding the others are
     touched: GC leaves them alone for a grace period, long enough for the asking sync to commit."""
     _check_ids(ids)
@@ -182,7 +182,7 @@ async def missing(db: AsyncSession, store: ObjectStore, row: Session, ids: list[
     return [cid for cid in ids if cid not in present]
 
 
-async def store_pack(db: AsyncSession, store: ObjectStore, row: Session, digest: str, body: AsyncIterator[bytes]) -> PackStored:
+async def store_pack(db: AsyncSession, store: WorkspaceStore, row: Session, digest: str, body: AsyncIterator[bytes]) -> PackStored:
     """Stream a pack into the store, check its header, index its chunks. Idempotent by digest."""
     if not _HEX64.match(digest):
         raise InvalidInput("digest: a SHA-256 in lower-case hex", field="digest")
@@ -252,7 +252,7 @@ def _locations_key(manifest_key: str) -> str:
     return manifest_key + ".locations"
 
 
-async def receive(db: AsyncSession, store: ObjectStore, row: Session, snapshot_id: str, parent_id: str | None,
+async def receive(db: AsyncSession, store: WorkspaceStore, row: Session, snapshot_id: str, parent_id: str | None,
                   read_manifest: Callable[[], Awaitable[bytes]], keep: int) -> tuple[SnapshotView, list[str]]:
     """Read a manifest and commit its snapshot (`commit`), holding no transaction while the manifest streams in.
     Returns the snapshot and the store keys to delete once the answer is sent."""
@@ -264,7 +264,7 @@ async def receive(db: AsyncSession, store: ObjectStore, row: Session, snapshot_i
     return result, dropped
 
 
-async def commit(db: AsyncSession, store: ObjectStore, row: Session, snapshot_id: str, parent_id: str | None,
+async def commit(db: AsyncSession, store: WorkspaceStore, row: Session, snapshot_id: str, parent_id: str | None,
                  manifest_bytes: bytes, keep: int) -> tuple[Snapshot, list[str]]:
     """Insert a snapshot once every chunk of its manifest is stored. Returns it and the store keys of
     the snapshots retention dropped (to delete after the transaction commits)."""
@@ -348,7 +348,7 @@ async def _prune(db: AsyncSession, session_id: str, keep: int) -> list[str]:
 
 # --- reads -------------------------------------------------------------------------------------
 
-async def manifest_bytes(store: ObjectStore, snap: Snapshot, locations: bool = False) -> bytes:
+async def manifest_bytes(store: WorkspaceStore, snap: Snapshot, locations: bool = False) -> bytes:
     key = _locations_key(snap.manifest_key) if locations else snap.manifest_key
     try:
         return await asyncio.to_thread(store.get, key)
@@ -357,7 +357,7 @@ async def manifest_bytes(store: ObjectStore, snap: Snapshot, locations: bool = F
                        log_message=f"store object {key} missing") from None
 
 
-async def read(db: AsyncSession, store: ObjectStore, snap: Snapshot, pack: str, ranges: list[tuple[int, int]]) -> bytes:
+async def read(db: AsyncSession, store: WorkspaceStore, snap: Snapshot, pack: str, ranges: list[tuple[int, int]]) -> bytes:
     if any(offset < 0 or length <= 0 for offset, length in ranges) or sum(length for _, length in ranges) > MAX_READ_BYTES:
         raise InvalidInput(f"ranges: positive lengths, at most {MAX_READ_BYTES >> 20} MiB in all", field="ranges")
     key = (await db.execute(select(WorkspacePack.key).join(SnapshotPack, SnapshotPack.pack_id == WorkspacePack.id).where(
@@ -381,7 +381,7 @@ def _key_time(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-async def gc(sessionmaker, store: ObjectStore, grace_s: float) -> GcReport:
+async def gc(sessionmaker, store: WorkspaceStore, grace_s: float) -> GcReport:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     referenced = exists().where(SnapshotPack.pack_id == WorkspacePack.id)
     deleted: list[tuple[str, int]] = []
