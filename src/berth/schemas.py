@@ -70,9 +70,18 @@ class SshInfo(WireModel):
     host_key_fingerprint: Line | None = Field(None, max_length=256)
 
 
-class Links(BaseModel):
-    browser: str | None = None
-    direct: str | None = None
+class Links(WireModel):
+    """Addresses a browser opens (remote desktop): through the gateway, and straight to the worker."""
+
+    browser: Text | None = Field(None, max_length=4096)
+    direct: Text | None = Field(None, max_length=4096)
+
+
+class Endpoints(WireModel):
+    """How users reach a running session. Each app fills the kinds it serves (SSH Session: `ssh`)."""
+
+    ssh: SshInfo | None = None
+    links: Links | None = None
 
 
 class LastSnapshot(BaseModel):
@@ -215,7 +224,7 @@ class Assignment(BaseModel):
 class SupervisorStatus(WireModel):
     status: SessionStatus
     error: OutputText | None = None
-    ssh: SshInfo | None = None
+    endpoints: Endpoints | None = Field(None, description="How users reach the session, once its app serves")
     idle_seconds: Finite | None = Field(None, ge=0)
     kept_alive_by: list[OutputText] | None = Field(None, max_length=100)
 

@@ -86,6 +86,8 @@ class AgentSettings(BaseSettings):
     idle_input_window_s: float = Field(60.0, description="User input this recent keeps a session alive (tty times move in ~8 s steps).")
     idle_warn_before_s: float = Field(600.0, description="Warn open terminals this long before an idle shutdown.")
     workspace_max_gb: float = Field(50.0, description="Largest workspace a session stores; over it the sync fails and the previous snapshot is kept.")
+    setup_timeout_s: float = Field(3600.0, gt=0, description="Longest a session's setup (backend, workspace restore, the app's steps and servers) "
+                                   "may take; past it the session fails and what was made is torn down.")
 
 
 class ClientSettings(BaseSettings):

@@ -1,4 +1,5 @@
-"""berth.agent.environment against real processes, users, git and PyPI (the user tests need root)."""
+"""The setup steps (berth.agent.setup), session users, login files and ending a session's processes, against
+real processes, users, git and PyPI (the user tests need root)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from berth.agent import environment as envm
 from berth.agent import processes
 from berth.agent import session_users
 from berth.agent.as_session import Identity, run_task
-from berth.agent.environment import RunAs
+from berth.agent.backends import ProcessBackend
+from berth.agent.login_files import session_env
+from berth.agent.run_as import RunAs
+from berth.agent.setup import python_env
+from berth.agent.setup.git import clone_git
+from berth.agent.setup.init_script import run_init_script
+from berth.agent.setup.python_env import create_venv, install_packages
 from berth.errors import SetupFailed
 
 pytestmark = pytest.mark.integration
@@ -69,20 +75,24 @@ def base():
 
 
 @pytest.fixture
-async def user(base):
-    """A session user (as root) or the current user, with a home under base."""
-    if os.geteuid() != 0:
-        home = base / "home"
-        home.mkdir()
-        yield RunAs.current(home)
-        return
-    name = f"berth-t{uuid.uuid4().hex[:10]}"
+async def backend(base):
+    """A prepared process backend: its own session user (as root) or the current user, with a home under base."""
+    backend = ProcessBackend(f"t{uuid.uuid4().hex[:15]}", base / "session", homes_dir=base / "homes",
+                             runtime_dir=base / "run", password="pw-" + uuid.uuid4().hex)
+    host = await backend.prepare()
     try:
-        yield await session_users.create_session_user(name, base / "home", "pw-" + uuid.uuid4().hex)
+        yield backend
     finally:
-        await session_users.remove_session_user(name)
-        with pytest.raises(KeyError):
-            pwd.getpwnam(name)
+        await backend.teardown(host, exclude_pids={os.getpid()})
+        if host.system_user:
+            with pytest.raises(KeyError):
+                pwd.getpwnam(host.run_as.user)
+
+
+@pytest.fixture
+def user(backend) -> RunAs:
+    """Who the backend's session runs as."""
+    return backend.host.run_as
 
 
 def shadow_hash(name: str) -> str:
@@ -154,10 +164,10 @@ async def test_remove_session_user_refuses_other_users():
 
 # --------------------------------------------------------------------------------------- venv/pip
 
-async def test_create_venv_as_session_user(user):
+async def test_create_venv_as_session_user(user, backend):
     venv = user.home / ".venv"
     t0 = time.perf_counter()
-    await envm.create_venv("/usr/bin/python3", venv, user)
+    await create_venv("/usr/bin/python3", venv, backend)
     print(f"create_venv: {(time.perf_counter() - t0) * 1000:.0f} ms")
     out = as_user(user, [str(venv / "bin/python"), "-c", "import sys; print(sys.prefix)"])
     assert out.returncode == 0 and out.stdout.strip() == str(venv)
@@ -165,17 +175,17 @@ async def test_create_venv_as_session_user(user):
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
 
 
-async def test_create_venv_bad_python_fails_clearly(user):
+async def test_create_venv_bad_python_fails_clearly(user, backend):
     with pytest.raises(SetupFailed, match="could not create the python environment"):
-        await envm.create_venv("/nonexistent/python3", user.home / ".venv", user)
+        await create_venv("/nonexistent/python3", user.home / ".venv", backend)
 
 
-async def test_install_packages_from_pypi(user):
+async def test_install_packages_from_pypi(user, backend):
     venv = user.home / ".venv"
-    await envm.create_venv("/usr/bin/python3", venv, user)
+    await create_venv("/usr/bin/python3", venv, backend)
     lines: list[str] = []
     t0 = time.perf_counter()
-    await envm.install_packages(venv, ["six"], user, lines.append)
+    await install_packages(venv, ["six"], backend, lines.append)
     print(f"install_packages(six): {(time.perf_counter() - t0) * 1000:.0f} ms")
     assert lines[0].startswith("installing with uv: six") and any("six" in line for line in lines[1:])
     out = as_user(user, [str(venv / "bin/python"), "-c", "import six; print(six.__file__)"])
@@ -186,30 +196,30 @@ async def test_install_packages_from_pypi(user):
             assert os.lstat(os.path.join(dirpath, n)).st_uid == user.uid, n
 
 
-async def test_install_packages_failure_carries_installer_reason(user):
+async def test_install_packages_failure_carries_installer_reason(user, backend):
     venv = user.home / ".venv"
-    await envm.create_venv("/usr/bin/python3", venv, user)
+    await create_venv("/usr/bin/python3", venv, backend)
     lines: list[str] = []
     with pytest.raises(SetupFailed) as err:
-        await envm.install_packages(venv, ["berth-no-such-package-xyz==9.9"], user, lines.append)
+        await install_packages(venv, ["berth-no-such-package-xyz==9.9"], backend, lines.append)
     msg = err.value.message
     assert msg.startswith("package installation failed") and "berth-no-such-package-xyz" in msg
     assert "not found" in msg and len(msg.splitlines()) <= 16
 
 
-async def test_install_packages_pip_fallback(user, monkeypatch):
+async def test_install_packages_pip_fallback(user, backend, monkeypatch):
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
         pytest.skip("no pip next to the agent's python")
-    monkeypatch.setattr(envm, "_find_uv", lambda: None)
+    monkeypatch.setattr(python_env, "_find_uv", lambda: None)
     venv = user.home / ".venv"
-    await envm.create_venv("/usr/bin/python3", venv, user)
+    await create_venv("/usr/bin/python3", venv, backend)
     lines: list[str] = []
-    await envm.install_packages(venv, ["tomli"], user, lines.append)
+    await install_packages(venv, ["tomli"], backend, lines.append)
     assert lines[0] == "installing with pip: tomli"
     out = as_user(user, [str(venv / "bin/python"), "-c", "import tomli; print(tomli.__file__)"])
     assert out.returncode == 0 and out.stdout.startswith(str(venv)), out.stderr
     with pytest.raises(SetupFailed, match="berth-no-such-package-xyz"):
-        await envm.install_packages(venv, ["berth-no-such-package-xyz==9.9"], user, lines.append)
+        await install_packages(venv, ["berth-no-such-package-xyz==9.9"], backend, lines.append)
 
 
 # -------------------------------------------------------------------------------------------- git
@@ -237,11 +247,11 @@ def origin(base, user):
     return f"file://{bare}", commits
 
 
-async def test_clone_by_branch(user, origin, base):
+async def test_clone_by_branch(user, backend, origin, base):
     url, commits = origin
     lines: list[str] = []
-    target = await envm.clone_git(url, user.home / "ws", branch="feature", commit=None, token=None, ssh_key=None,
-                                  run_as=user, emit=lines.append, scratch=base / "scratch")
+    target = await clone_git(url, user.home / "ws", branch="feature", commit=None, token=None, ssh_key=None,
+                                  backend=backend, emit=lines.append, scratch=base / "scratch")
     assert target == user.home / "ws" / "origin"
     assert lines[0] == f"cloning {url} (branch feature) into {target}"
     assert (target / "file.txt").read_text() == "c3"
@@ -249,38 +259,38 @@ async def test_clone_by_branch(user, origin, base):
     assert target.stat().st_uid == user.uid and (user.home / "ws").stat().st_uid == user.uid
 
 
-async def test_clone_by_commit_then_refetch_existing_checkout(user, origin, base):
+async def test_clone_by_commit_then_refetch_existing_checkout(user, backend, origin, base):
     url, commits = origin
-    kw = dict(token=None, ssh_key=None, run_as=user, scratch=base / "scratch")
+    kw = dict(token=None, ssh_key=None, backend=backend, scratch=base / "scratch")
     lines: list[str] = []
-    target = await envm.clone_git(url, user.home / "ws", branch=None, commit=commits["c1"], emit=lines.append, **kw)
+    target = await clone_git(url, user.home / "ws", branch=None, commit=commits["c1"], emit=lines.append, **kw)
     head = as_user(user, ["git", "-C", str(target), "rev-parse", "HEAD"]).stdout.strip()
     assert head == commits["c1"] and (target / "file.txt").read_text() == "c1"
     assert lines[-1] == f"checked out commit {commits['c1']}"
     # a second run (restored workspace): fetch + move to the requested commit, no re-clone
     lines.clear()
-    await envm.clone_git(url, user.home / "ws", branch=None, commit=commits["c3"], emit=lines.append, **kw)
+    await clone_git(url, user.home / "ws", branch=None, commit=commits["c3"], emit=lines.append, **kw)
     assert "already holds a git checkout" in lines[0] and (target / "file.txt").read_text() == "c3"
     # local changes are never thrown away
     (target / "file.txt").write_text("mine")
     lines.clear()
-    await envm.clone_git(url, user.home / "ws", branch="main", commit=None, emit=lines.append, **kw)
+    await clone_git(url, user.home / "ws", branch="main", commit=None, emit=lines.append, **kw)
     assert (target / "file.txt").read_text() == "mine" and "local changes" in lines[-1]
 
 
-async def test_clone_bad_url_and_bad_branch_fail_clearly(user, origin, base):
+async def test_clone_bad_url_and_bad_branch_fail_clearly(user, backend, origin, base):
     url, _ = origin
-    kw = dict(commit=None, token=None, ssh_key=None, run_as=user, emit=lambda m: None, scratch=base / "scratch")
+    kw = dict(commit=None, token=None, ssh_key=None, backend=backend, emit=lambda m: None, scratch=base / "scratch")
     with pytest.raises(SetupFailed) as err:
-        await envm.clone_git(f"file://{base}/nope.git", user.home / "ws", branch=None, **kw)
+        await clone_git(f"file://{base}/nope.git", user.home / "ws", branch=None, **kw)
     assert err.value.message.startswith(f"git clone of file://{base}/nope.git failed:")
     assert "does not appear to be a git repository" in err.value.message
     assert "Cloning into" not in err.value.message  # only git's complaint
     with pytest.raises(SetupFailed) as err:
-        await envm.clone_git(url, user.home / "ws2", branch="no-such-branch", **kw)
+        await clone_git(url, user.home / "ws2", branch="no-such-branch", **kw)
     assert "no-such-branch" in err.value.message and "not found" in err.value.message
     with pytest.raises(SetupFailed, match="checking out commit|fetching commit"):
-        await envm.clone_git(url, user.home / "ws3", branch=None, **{**kw, "commit": "0" * 40})
+        await clone_git(url, user.home / "ws3", branch=None, **{**kw, "commit": "0" * 40})
 
 
 class _AuthHandler(http.server.SimpleHTTPRequestHandler):
@@ -328,36 +338,36 @@ def secrets_removed(base: Path, before: set[str]) -> bool:
     return new_setup_dirs() == before and (not scratch.exists() or not any(scratch.iterdir()))
 
 
-async def test_clone_with_token_uses_askpass_and_never_leaks_it(user, origin, base):
+async def test_clone_with_token_uses_askpass_and_never_leaks_it(user, backend, origin, base):
     token = "tok-" + uuid.uuid4().hex
     lines: list[str] = []
     before = new_setup_dirs()
-    kw = dict(branch=None, commit=None, ssh_key=None, run_as=user, emit=lines.append, scratch=base / "scratch")
+    kw = dict(branch=None, commit=None, ssh_key=None, backend=backend, emit=lines.append, scratch=base / "scratch")
     with http_repo_server(base, token) as (port, handler):
         url = f"http://127.0.0.1:{port}/origin.git"
-        target = await envm.clone_git(url, user.home / "ws", token=token, **kw)
+        target = await clone_git(url, user.home / "ws", token=token, **kw)
         assert (target / "file.txt").read_text() == "c2"
         assert handler.expected in handler.seen  # the askpass helper answered with the token
         with pytest.raises(SetupFailed) as err:  # a wrong token: rejected, and not shown
-            await envm.clone_git(url, user.home / "ws2", token=token + "-wrong", **kw)
+            await clone_git(url, user.home / "ws2", token=token + "-wrong", **kw)
         assert token not in err.value.message and "failed" in err.value.message
     config = (target / ".git" / "config").read_text()
     assert token not in config and f"url = {url}" in config
     assert not any(token in line for line in lines)
     # credentials in the URL itself and the token never show in the error of a failing clone
     with pytest.raises(SetupFailed) as err:
-        await envm.clone_git(f"http://someone:{token}@127.0.0.1:1/repo.git", user.home / "ws3", token=token, **kw)
+        await clone_git(f"http://someone:{token}@127.0.0.1:1/repo.git", user.home / "ws3", token=token, **kw)
     assert token not in err.value.message and "someone" not in err.value.message
     assert "http://127.0.0.1:1/repo.git" in err.value.message
     assert not any(token in line for line in lines)
     assert secrets_removed(base, before)
 
 
-async def test_clone_with_ssh_key_fails_cleanly_and_removes_key(user, base):
+async def test_clone_with_ssh_key_fails_cleanly_and_removes_key(user, backend, base):
     before = new_setup_dirs()
     with pytest.raises(SetupFailed) as err:
-        await envm.clone_git("ssh://git@127.0.0.1:1/org/repo.git", user.home / "ws", branch=None, commit=None,
-                             token=None, ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n", run_as=user,
+        await clone_git("ssh://git@127.0.0.1:1/org/repo.git", user.home / "ws", branch=None, commit=None,
+                             token=None, ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n", backend=backend,
                              emit=lambda m: None, scratch=base / "scratch")
     assert "git clone of ssh://127.0.0.1:1/org/repo.git failed" in err.value.message
     assert "not-a-key" not in err.value.message
@@ -366,30 +376,30 @@ async def test_clone_with_ssh_key_fails_cleanly_and_removes_key(user, base):
 
 # ------------------------------------------------------------------------------------ init script
 
-async def test_init_script_streams_in_order_as_user_with_env_and_cwd(user, base):
+async def test_init_script_streams_in_order_as_user_with_env_and_cwd(user, backend, base):
     ws = user.home / "ws"
     ws.mkdir()
     os.chown(ws, user.uid, user.gid)
-    env = envm.session_env("sess-1", user, user.home / ".venv", ws, {"FOO": "bar"})
+    env = session_env("sess-1", user, user.home / ".venv", ws, {"FOO": "bar"})
     lines: list[str] = []
     script = "# a comment\necho one\necho two >&2\nid -un\npwd\necho \"$FOO $BERTH_SESSION_ID\"\n  # indented\n"
-    await envm.run_init_script(script, cwd=ws, env=env, run_as=user, emit=lines.append, scratch=base / "scratch")
+    await run_init_script(script, cwd=ws, env=env, backend=backend, emit=lines.append, scratch=base / "scratch")
     assert lines == ["one", "two", user.user, str(ws), "bar sess-1"]
 
 
-async def test_init_script_failure_status(user, base):
+async def test_init_script_failure_status(user, backend, base):
     with pytest.raises(SetupFailed, match="init script exited with status 3"):
-        await envm.run_init_script("echo before\nexit 3\n", cwd=user.home, env={"PATH": "/usr/bin:/bin"},
-                                   run_as=user, emit=lambda m: None, scratch=base / "scratch")
+        await run_init_script("echo before\nexit 3\n", cwd=user.home, env={"PATH": "/usr/bin:/bin"},
+                                   backend=backend, emit=lambda m: None, scratch=base / "scratch")
 
 
-async def test_init_script_background_job_does_not_block(user, base):
+async def test_init_script_background_job_does_not_block(user, backend, base):
     sid = "bg-" + uuid.uuid4().hex[:8]
     lines: list[str] = []
     env = {"PATH": "/usr/bin:/bin", "BERTH_SESSION_ID": sid}
     t0 = time.monotonic()
-    await envm.run_init_script("(sleep 1.5; echo late; sleep 100) &\necho started\n", cwd=user.home, env=env,
-                               run_as=user, emit=lines.append, scratch=base / "scratch")
+    await run_init_script("(sleep 1.5; echo late; sleep 100) &\necho started\n", cwd=user.home, env=env,
+                               backend=backend, emit=lines.append, scratch=base / "scratch")
     assert time.monotonic() - t0 < 1.4 and lines == ["started"]
     try:
         for _ in range(60):  # the job's output keeps flowing to emit after setup
@@ -403,11 +413,11 @@ async def test_init_script_background_job_does_not_block(user, base):
 
 # ------------------------------------------------------------------------------------ login files
 
-async def test_login_wrapper_command_and_login_shell(user, base):
+async def test_login_wrapper_command_and_login_shell(user, backend, base):
     ws, venv = user.home / "ws", user.home / ".venv"
     ws.mkdir()
     os.chown(ws, user.uid, user.gid)
-    await envm.create_venv("/usr/bin/python3", venv, user)
+    await create_venv("/usr/bin/python3", venv, backend)
     (user.home / ".bash_profile").write_text("export FROM_USER_PROFILE=yes\n")
     wrapper = user.home / ".berth" / "session-shell"
     args = {"home": str(user.home), "workspace": str(ws), "venv": str(venv), "session_id": "sess-42", "wrapper": str(wrapper)}
@@ -470,6 +480,42 @@ def test_kill_session_processes_escalates_to_sigkill_within_bound():
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+def test_kill_session_processes_ends_children_that_dropped_the_marker():
+    sid = "kill-" + uuid.uuid4().hex[:8]
+    parent = _spawn_marked(sid, "bash", "-c", "env -i /bin/sleep 100 & echo $!; wait")
+    child = int(parent.stdout.readline())
+    try:
+        for _ in range(100):  # until `env` has exec'd sleep with the emptied environment
+            if psutil.Process(child).name() == "sleep":
+                break
+            time.sleep(0.02)
+        assert "BERTH_SESSION_ID" not in psutil.Process(child).environ()
+        assert processes.kill_session_processes(sid) == 2  # what the session started is the session's
+        assert wait_gone(child) and parent.wait(timeout=5) is not None
+    finally:
+        parent.kill()
+        parent.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+async def test_backend_runs_in_session_and_its_scope_finds_and_ends_it(user, backend):
+    from berth.agent.monitor import SessionSampler
+
+    env = session_env(backend.session_id, user, user.home / ".venv", user.home)
+    status, tail = await backend.run_in_session(["bash", "-c", "id -u; sleep 100 >/dev/null 2>&1 & echo $!"],
+                                                env=env, cwd=user.home)
+    assert status == 0 and tail[0] == str(user.uid)
+    job = int(tail[1])
+    try:
+        assert job in SessionSampler.for_scope(backend.process_scope(), gpus=False).pids  # sampling sees it
+        assert await backend.teardown(backend.host, exclude_pids={os.getpid()}) >= 1  # teardown ends it
+        assert wait_gone(job)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job, signal.SIGKILL)
 
 
 @needs_root

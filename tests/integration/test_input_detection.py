@@ -41,7 +41,7 @@ async def server():
                          on_input=lambda: holder["sampler"].note_input())
     srv = await start_ssh_server(spec, lambda line: None)
     # this test process plays the (non-root) supervisor: the shells are its descendants
-    holder["sampler"] = SessionSampler(session_id, root_pid=os.getpid(), ssh_ports=[srv.port], gpus=False)
+    holder["sampler"] = SessionSampler(session_id, root_pid=os.getpid(), input_ports=[srv.port], gpus=False)
     yield srv, spec, holder["sampler"]
     await srv.stop()
     shutil.rmtree(base, ignore_errors=True)
@@ -134,7 +134,7 @@ async def test_openssh_session_of_a_root_agent(stack):
                                     known_hosts=None) as conn:
             proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
             await shell_ready(proc)
-            sampler = SessionSampler(view["id"], uid=pwd.getpwnam(ssh["user"]).pw_uid, ssh_ports=[ssh["port"]], gpus=False)
+            sampler = SessionSampler(view["id"], uid=pwd.getpwnam(ssh["user"]).pw_uid, input_ports=[ssh["port"]], gpus=False)
             tracker = IdleTracker(3600)
             await asyncio.sleep(1.0)
             sample = await asyncio.to_thread(sampler.sample)

@@ -59,10 +59,10 @@ def test_show_matches_launch(stack, active):
 
 
 def test_ssh_password_is_sealed_in_the_database(stack, active):
-    (stored,), = stack.sql(f"SELECT ssh FROM sessions WHERE id = '{active['id']}'")
+    (stored,), = stack.sql(f"SELECT endpoints FROM sessions WHERE id = '{active['id']}'")
     stored = stored if isinstance(stored, str) else json.dumps(stored)
     assert active["ssh"]["password"] not in stored
-    assert "sealed:v1:" in stored
+    assert "sealed:v1:" in stored and '"ssh"' in stored  # the app's endpoints, its SSH password sealed
     key_file = stack.tmp / "data" / "secret.key"
     assert key_file.stat().st_mode & 0o077 == 0, "the generated key is private to the server's user"
 

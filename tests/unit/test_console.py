@@ -57,4 +57,6 @@ def test_failed_post_keeps_lines_and_their_order():
 def test_secrets_and_url_credentials_are_redacted():
     console = Console(RecordingTransport(), "s1", secrets=["hunter2-password"])
     assert console.redact("pw hunter2-password ok") == "pw **** ok"
-    assert console.redact("cloning https://user:tok@example.com/r.git") == "cloning https://****@example.com/r.git"
+    assert console.redact("cloning https://user:tok@example.com/r.git") == "cloning https://example.com/r.git"
+    console.add_secret("abc")
+    assert console.redact("pw abc") == "pw abc"  # secrets under 4 characters are not masked (every "a"...)

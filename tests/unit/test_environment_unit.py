@@ -1,4 +1,4 @@
-"""Unit tests of berth.agent.environment's pure parts (no root, no network)."""
+"""Unit tests of the setup steps' pure parts (berth.agent.setup; login_files.session_env): no root, no network."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import subprocess
 import psutil
 import pytest
 
-from berth.agent import environment as envm
 from berth.agent import processes
-from berth.agent.environment import RunAs
+from berth.agent.backends import ProcessBackend
+from berth.agent.login_files import session_env
+from berth.agent.run_as import RunAs
+from berth.agent.setup.commands import run_command
+from berth.agent.setup.git import clone_git, git_command, repo_dir_name
+from berth.agent.setup.python_env import install_packages, parse_requirements, pip_index_options
 from berth.errors import SetupFailed
 
 
@@ -27,14 +31,11 @@ def test_run_as_current(tmp_path):
     assert r.user and not r.is_other
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("fatal: unable to access 'https://user:s3cret@host/org/r.git/'", "fatal: unable to access 'https://host/org/r.git/'"),
-    ("cloning https://TOKEN123@github.com/a/b", "cloning https://github.com/a/b"),
-    ("git@github.com:org/repo.git stays", "git@github.com:org/repo.git stays"),
-    ("the token TOKEN123 leaked", "the token *** leaked"),
-])
-def test_redact(text, expected):
-    assert envm.redact(text, ["TOKEN123", None, ""]) == expected
+@pytest.fixture
+def unprepared(tmp_path) -> ProcessBackend:
+    """A backend never prepared: a step that refuses its input must do so before running anything in it."""
+    return ProcessBackend("s1", tmp_path / "session", homes_dir=tmp_path / "homes", runtime_dir=tmp_path / "run",
+                          password="unused")
 
 
 @pytest.mark.parametrize("repo,name", [
@@ -43,11 +44,11 @@ def test_redact(text, expected):
     ("project", "project"), ("https://host/", "host"), ("..", "repo"),
 ])
 def test_repo_dir_name(repo, name):
-    assert envm.repo_dir_name(repo) == name
+    assert repo_dir_name(repo) == name
 
 
 def test_parse_requirements_keeps_requirements_and_index_options():
-    reqs, opts = envm.parse_requirements([
+    reqs, opts = parse_requirements([
         "six  # pinned later", "# a comment line", "", "torch>=2 ; python_version > '3.8'",
         "--extra-index-url https://download.pytorch.org/whl/cpu", "-i=https://pypi.example/simple", "--pre",
         "-f", "https://example.org/wheels/", "git+https://example.org/a/b.git#egg=b",
@@ -62,7 +63,7 @@ def test_parse_requirements_keeps_requirements_and_index_options():
 def test_parse_requirements_rejects_dangerous_options(items):
     # the install runs as root: an option reading or writing local paths must not pass
     with pytest.raises(SetupFailed):
-        envm.parse_requirements(items)
+        parse_requirements(items)
 
 
 def test_pip_index_options_from_env_and_uv_precedence(monkeypatch, tmp_path):
@@ -73,19 +74,19 @@ def test_pip_index_options_from_env_and_uv_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
-    opts = envm.pip_index_options()
+    opts = pip_index_options()
     assert opts[:2] == ["--index-url", "https://conf.example/simple"]
     assert opts[2:] == ["--extra-index-url", "https://a/", "--extra-index-url", "https://b/",
                         "--index-strategy", "unsafe-best-match"]  # several indexes: pip's best-match rule
     monkeypatch.setenv("PIP_INDEX_URL", "https://env.example/simple")
-    assert envm.pip_index_options()[:2] == ["--index-url", "https://env.example/simple"]
+    assert pip_index_options()[:2] == ["--index-url", "https://env.example/simple"]
     monkeypatch.setenv("UV_INDEX_URL", "https://uv.example/simple")
-    assert envm.pip_index_options() == []  # uv configured on its own: leave it
+    assert pip_index_options() == []  # uv configured on its own: leave it
 
 
 def test_session_env(tmp_path):
     run_as = RunAs("alice", 1234, 1234, tmp_path / "home")
-    env = envm.session_env("s1", run_as, tmp_path / "venv", tmp_path / "ws", {"FOO": "1", "BERTH_SESSION_ID": "x"})
+    env = session_env("s1", run_as, tmp_path / "venv", tmp_path / "ws", {"FOO": "1", "BERTH_SESSION_ID": "x"})
     assert env["PATH"] == f"{tmp_path}/venv/bin:/usr/local/bin:/usr/bin:/bin"
     assert env["VIRTUAL_ENV"] == f"{tmp_path}/venv" and env["BERTH_WORKSPACE"] == f"{tmp_path}/ws"
     assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (f"{tmp_path}/home", "alice", "alice", "/bin/bash")
@@ -94,7 +95,7 @@ def test_session_env(tmp_path):
 
 
 def test_git_command_keeps_secrets_out_of_argv(tmp_path, me):
-    git, env = envm.git_command(tmp_path, token="tok-SECRET-1", ssh_key="-----KEY-----", run_as=me)
+    git, env = git_command(tmp_path, token="tok-SECRET-1", ssh_key="-----KEY-----", run_as=me)
     assert not any("tok-SECRET-1" in a or "KEY" in a for a in git)
     assert "credential.helper=" in git  # no helper may store the token
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["BERTH_GIT_TOKEN"] == "tok-SECRET-1"
@@ -114,27 +115,27 @@ def test_git_command_keeps_secrets_out_of_argv(tmp_path, me):
 
 
 def test_git_command_without_secrets(tmp_path, me):
-    git, env = envm.git_command(tmp_path, token=None, ssh_key=None, run_as=me)
+    git, env = git_command(tmp_path, token=None, ssh_key=None, run_as=me)
     assert git == ["git"] and "GIT_ASKPASS" not in env and list(tmp_path.iterdir()) == []
 
 
 async def test_run_streams_lines_split_on_cr_and_keeps_tail():
     lines: list[str] = []
     script = "printf 'a\\rb\\n'; for i in $(seq 1 20); do echo line$i; done; echo err >&2; exit 4"
-    status, tail = await envm.run_command(["bash", "-c", script], on_line=lines.append)
+    status, tail = await run_command(["bash", "-c", script], on_line=lines.append)
     assert status == 4
     assert lines[:3] == ["a", "b", "line1"] and lines[-1] == "err"
     assert len(tail) == 15 and tail[-1] == "err"
 
 
 async def test_run_missing_binary_reports_instead_of_raising():
-    status, tail = await envm.run_command(["/nonexistent/tool"])
+    status, tail = await run_command(["/nonexistent/tool"])
     assert status == 127 and "No such file" in tail[0]
 
 
 async def test_run_cancel_kills_process_group(tmp_path):
     marker = tmp_path / "pid"
-    task = asyncio.create_task(envm.run_command(["bash", "-c", f"sleep 30 & echo $! > {marker}; wait"]))
+    task = asyncio.create_task(run_command(["bash", "-c", f"sleep 30 & echo $! > {marker}; wait"]))
     for _ in range(100):
         if marker.exists() and marker.read_text().strip():
             break
@@ -154,13 +155,18 @@ async def test_run_cancel_kills_process_group(tmp_path):
         pytest.fail("the background child survived the cancellation")
 
 
-async def test_install_rejects_options_before_running(tmp_path, me):
+async def test_backend_runs_nothing_before_prepare(unprepared):
+    with pytest.raises(RuntimeError, match="before prepare"):
+        await unprepared.run_in_session(["true"], env={}, cwd="/")
+
+
+async def test_install_rejects_options_before_running(tmp_path, unprepared):
     with pytest.raises(SetupFailed, match="unsupported option"):
-        await envm.install_packages(tmp_path / "venv", ["-r", "/etc/shadow"], me, lambda m: None)
+        await install_packages(tmp_path / "venv", ["-r", "/etc/shadow"], unprepared, lambda m: None)
 
 
-async def test_clone_rejects_option_like_values(tmp_path, me):
+async def test_clone_rejects_option_like_values(tmp_path, unprepared):
     for kwargs in ({"branch": "--upload-pack=x", "commit": None}, {"branch": None, "commit": "-f"}):
         with pytest.raises(SetupFailed, match="invalid git"):
-            await envm.clone_git("file:///x.git", tmp_path, token=None, ssh_key=None, run_as=me,
-                                 emit=lambda m: None, scratch=tmp_path / "s", **kwargs)
+            await clone_git("file:///x.git", tmp_path, token=None, ssh_key=None, backend=unprepared,
+                            emit=lambda m: None, scratch=tmp_path / "s", **kwargs)

@@ -110,8 +110,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_imports():
     graph = import_graph()
     assert "berth.agent.supervisor" in graph
-    assert "berth.agent.ssh" in graph["berth.agent.supervisor"]
+    assert "berth.agent.apps" in graph["berth.agent.supervisor"]
     assert graph["berth.agent.ssh.openssh"] >= {"berth.agent.ssh.process"}
+
+
+def test_supervisor_and_worker_name_no_app_and_no_backend():
+    """They reach apps and backends through their registries and contracts only (issue #8)."""
+    graph = import_graph()
+    specific = ("berth.agent.apps.ssh_session", "berth.agent.backends.process", "berth.agent.ssh", "berth.agent.setup")
+    for module in ("berth.agent.supervisor", "berth.agent.worker"):
+        named = {m for m in graph[module] if m.startswith(specific)}
+        assert not named, f"{module} imports {sorted(named)}"
 
 
 def test_finds_a_cycle():

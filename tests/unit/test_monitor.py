@@ -317,7 +317,7 @@ def test_sampler_cost_is_under_one_percent_of_a_core(spawn):
     spawn(["sh", "-c", "sleep 600"], s)
     time.sleep(0.3)
     server = socket.create_server(("127.0.0.1", 0))
-    sampler = SessionSampler(s, gpus=False, ssh_ports=[server.getsockname()[1]], socket_interval_s=0)
+    sampler = SessionSampler(s, gpus=False, input_ports=[server.getsockname()[1]], socket_interval_s=0)
     try:
         n = 30
         c0 = _cpu()

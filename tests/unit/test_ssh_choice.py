@@ -157,7 +157,7 @@ def test_signals_ignored_by_whoever_started_the_agent_are_not_passed_on(tmp_path
 
     probe = ("import signal, subprocess\n"
              "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
-             "from berth.agent.ssh import undo_inherited_signal_ignores\n"
+             "from berth.agent.signal_defaults import undo_inherited_signal_ignores\n"
              "undo_inherited_signal_ignores()\n"
              "print(subprocess.run(['bash', '-c', 'trap \"echo trapped\" HUP; kill -HUP $$; echo after'],"
              " capture_output=True, text=True).stdout)\n")

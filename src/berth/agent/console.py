@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 from datetime import datetime, timezone
 
 from berth.client import BerthClient
 from berth.errors import BerthError, Unauthorized
+from berth.redaction import redact
 from berth.schemas import EventIn
 
 log = logging.getLogger("berth.supervisor")
-
-_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
 
 
 class Console:
     def __init__(self, client: BerthClient, session_id: str, secrets: list[str] | None = None, flush_every: float = 0.2):
         self._client = client
         self._session_id = session_id
-        self._secrets = [s for s in (secrets or []) if s and len(s) >= 4]
+        self._secrets = [s for s in (secrets or []) if s]  # berth.redaction ignores the too short ones
         self._pending: list[EventIn] = []
         self._flush_every = flush_every
         self._wake = asyncio.Event()
@@ -32,12 +30,10 @@ class Console:
 
     def redact(self, text: str) -> str:
         """Last line of defence: no secret reaches the console, whatever printed it."""
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return _URL_CREDENTIALS.sub(r"\1****@", text)
+        return redact(text, self._secrets)
 
     def add_secret(self, secret: str) -> None:
-        if secret and len(secret) >= 4:
+        if secret:
             self._secrets.append(secret)
 
     def __call__(self, message: str, level: str = "info") -> None:

@@ -28,6 +28,7 @@ class SupervisorContext(BaseModel):
     idle_warn_before_s: float = AgentSettings.model_fields["idle_warn_before_s"].default
     metrics_sample_s: float = AgentSettings.model_fields["metrics_sample_s"].default
     metrics_post_s: float = AgentSettings.model_fields["metrics_post_s"].default
+    setup_timeout_s: float = AgentSettings.model_fields["setup_timeout_s"].default
 
     @classmethod
     def of(cls, settings: AgentSettings) -> SupervisorContext:

@@ -1,7 +1,8 @@
-"""The files a login needs: sshd's forced-command wrapper and the session's ~/.bash_profile.
+"""What a login gets: sshd's forced-command wrapper, the session's ~/.bash_profile, and its environment
+(``session_env``, for SSH servers that set it themselves and for the init script).
 
-Written by the session user itself (the ``login_files`` task of ``berth.agent.as_session``); kept free of heavy
-imports because that helper starts for it.
+The files are written by the session user itself (the ``login_files`` task of ``berth.agent.as_session``);
+kept free of heavy imports because that helper starts for it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import os
 import shlex
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from berth.agent.run_as import RunAs
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+SESSION_ENV_VAR = "BERTH_SESSION_ID"  # every login and the init script carry it: ``proctable`` finds them by it
 
 _MARKER = "# berth session "
 _SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/lib/ssh/sftp-server")
@@ -30,7 +36,7 @@ def write_login_files(home: Path, workspace: Path, venv: Path, session_id: str, 
     """Write sshd's forced-command wrapper and home/.bash_profile (see the docstring of each file), as whoever
     calls it: the session user, through ``berth.agent.as_session``."""
     q, home, wrapper_path = shlex.quote, Path(home), Path(wrapper_path)
-    exports = (f"VIRTUAL_ENV={q(str(venv))} BERTH_SESSION_ID={q(session_id)} "
+    exports = (f"VIRTUAL_ENV={q(str(venv))} {SESSION_ENV_VAR}={q(session_id)} "
                f"BERTH_WORKSPACE={q(str(workspace))}")
     sftp = next((p for p in _SFTP_SERVERS if os.path.exists(p)), _SFTP_SERVERS[0])
     wrapper = f"""#!/bin/bash
@@ -65,3 +71,13 @@ cd "$BERTH_WORKSPACE" 2>/dev/null || true
     if os.path.lexists(path) and (path.is_symlink() or not path.read_text(errors="replace").startswith(_MARKER)):
         os.replace(path, home / ".bash_profile.before-berth")  # the user's own: keep it, ours sources it
     _atomic_write(path, profile, 0o644)
+
+
+def session_env(session_id: str, run_as: RunAs, venv: Path, workspace: Path,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the session's processes: what the wrapper and ~/.bash_profile export."""
+    env = {"HOME": str(run_as.home), "USER": run_as.user, "LOGNAME": run_as.user, "SHELL": "/bin/bash",
+           "PATH": f"{venv}/bin:{BASE_PATH}", "VIRTUAL_ENV": str(venv), "BERTH_WORKSPACE": str(workspace),
+           "LANG": "C.UTF-8", **(extra or {})}
+    env[SESSION_ENV_VAR] = session_id  # set last: teardown finds the session's processes by it
+    return env

@@ -27,6 +27,7 @@ one run every 10 s) another ~0.15 % (tests/unit/test_monitor.py, bench/metrics.p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable
@@ -118,23 +119,29 @@ class SocketActivity:
 
 
 class SessionSampler:
-    """Samples one session's processes. Not thread-safe except ``note_input`` (call it from anywhere).
+    """Samples one session's processes (``proctable.Scope``). Not thread-safe except ``note_input`` (call it
+    from anywhere).
 
-    Root agents pass ``uid`` (the per-session user); non-root agents pass ``root_pid`` (the supervisor:
-    its descendants count, itself not). Both find processes by ``BERTH_SESSION_ID`` as well.
+    The supervisor passes its backend's ``process_scope()`` (``for_scope``). Tests and benchmarks may give the
+    scope's parts: ``session_id`` (its ``BERTH_SESSION_ID`` marker), ``uid`` (a per-session user), ``root_pid``
+    (its descendants count, itself not). The sampling process itself never counts.
     """
 
-    def __init__(self, session_id: str, *, uid: int | None = None, root_pid: int | None = None,
-                 exclude_pids: Iterable[int] = (), ssh_ports: Iterable[int] = (), gpus: GpuReader | None | bool = True,
-                 socket_threshold_bytes: int = SOCKET_INPUT_BYTES, socket_interval_s: float = 10.0):
-        scope = Scope(session_id=session_id, uids=frozenset({uid}) if uid is not None else frozenset(),
-                      root_pid=root_pid, exclude=frozenset({os.getpid(), *exclude_pids}))
-        self.session_id = session_id
+    def __init__(self, session_id: str | None = None, *, uid: int | None = None, root_pid: int | None = None,
+                 scope: Scope | None = None, exclude_pids: Iterable[int] = (), input_ports: Iterable[int] = (),
+                 gpus: GpuReader | None | bool = True, socket_threshold_bytes: int = SOCKET_INPUT_BYTES,
+                 socket_interval_s: float = 10.0):
+        if scope is None:
+            scope = Scope(session_id=session_id, uids=frozenset({uid}) if uid is not None else frozenset(),
+                          root_pid=root_pid)
+        scope = dataclasses.replace(scope, exclude=frozenset({*scope.exclude, os.getpid(), *exclude_pids}))
+        self.session_id = scope.session_id
         self.table = ProcessTable(scope)
         self.gpus = shared_gpu_reader() if gpus is True else (gpus or None)
         self.tcp = TcpTable(socket_interval_s)
-        self.sockets = SocketActivity(ssh_ports, socket_threshold_bytes, table=self.tcp)
-        self.session_net = SessionNetwork(self.tcp, uid)
+        self.sockets = SocketActivity(input_ports, socket_threshold_bytes, table=self.tcp)
+        # Sockets are the session's by owner when it has a user of its own, else by the inodes its processes hold.
+        self.session_net = SessionNetwork(self.tcp, next(iter(scope.uids)) if len(scope.uids) == 1 else None)
         self._net = NetCounter()  # the host's, when `ss` is missing
         self._input_at: float | None = None
         self._ttys: set[str] = set()
@@ -146,11 +153,9 @@ class SessionSampler:
         self._baseline()
 
     @classmethod
-    def for_session(cls, session_id: str, *, system_uid: int | None, **kw) -> SessionSampler:
-        """What the supervisor uses: the per-session user when there is one, else its own process tree."""
-        if system_uid is not None:
-            return cls(session_id, uid=system_uid, **kw)
-        return cls(session_id, root_pid=os.getpid(), **kw)
+    def for_scope(cls, scope: Scope, **kw) -> SessionSampler:
+        """What the supervisor uses: ``SessionSampler.for_scope(backend.process_scope())``."""
+        return cls(scope=scope, **kw)
 
     # --- hooks and accessors ----------------------------------------------------------------------
     def ignore(self, pid: int) -> None:
@@ -164,7 +169,7 @@ class SessionSampler:
         """Input hook (b): the built-in SSH server calls this when a client sends channel data."""
         self._input_at = time.time()
 
-    def set_ssh_ports(self, ports: Iterable[int]) -> None:
+    def set_input_ports(self, ports: Iterable[int]) -> None:
         """Watch these ports for input (c) from now on (the SSH server's port is known after setup)."""
         self.sockets = SocketActivity(ports, self.sockets.threshold, table=self.tcp)
 

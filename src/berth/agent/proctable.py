@@ -1,5 +1,9 @@
 """Which processes belong to a session, and their counters, read straight from /proc.
 
+This is the one definition of a session's processes: sampling (``monitor.SessionSampler``) counts them and
+teardown (``processes.kill_scope``) ends them, both through ``ProcessTable``; a backend says what its
+sessions' scope is (``SessionBackend.process_scope``).
+
 Sampling runs every 2 s in every supervisor, so it has to be cheap: each scan lists /proc, reads
 ``stat`` (and ``io``) of the session's own processes only, and inspects a pid it has not seen before
 once (uid, parent, environment). Verdicts are cached by (pid, start time). A pid that was younger than
@@ -7,16 +11,20 @@ once (uid, parent, environment). Verdicts are cached by (pid, start time). A pid
 its parent's uid and environment (sshd forks as root, then drops to the session user).
 
 A process belongs to the session when any of these holds:
-  * its real uid is one of the scope's uids (root agents: the per-session ``berth-<id>`` user);
+  * its real or effective uid is one of the scope's uids (root agents: the per-session ``berth-<id>`` user;
+    ``sudo`` run by it has the user's real uid);
   * its parent belongs (so the tree below the supervisor or a session shell belongs, ``sudo`` included);
   * its environment has ``BERTH_SESSION_ID=<id>`` (the login wrapper sets it);
   * its parent is the scope's ``root_pid`` (non-root agents: the supervisor), which itself is not counted.
+Zombies are listed (their parent's figures need them) but are never signalled (``processes``).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from berth.agent.login_files import SESSION_ENV_VAR
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -26,6 +34,10 @@ PTS_MAJORS = range(136, 144)  # UNIX98 pty slaves: /dev/pts/N with N = (major - 
 
 @dataclass(frozen=True)
 class Scope:
+    """The rules' parameters (see the module docstring). ``root_pid`` names the process the scope is seen from
+    (the supervisor, whose children are the session's load): teardown, which may run elsewhere (the agent, a
+    test), does not follow it."""
+
     session_id: str | None = None
     uids: frozenset[int] = frozenset()
     root_pid: int | None = None
@@ -33,7 +45,7 @@ class Scope:
 
     @property
     def marker(self) -> bytes | None:
-        return f"\0BERTH_SESSION_ID={self.session_id}\0".encode() if self.session_id else None
+        return f"\0{SESSION_ENV_VAR}={self.session_id}\0".encode() if self.session_id else None
 
 
 @dataclass(slots=True)
@@ -90,12 +102,14 @@ def read_io(pid: int) -> tuple[int, int] | None:
     return (read, write) if read is not None and write is not None else None
 
 
-def read_uid(pid: int) -> int | None:
+def read_uids(pid: int) -> tuple[int, int] | None:
+    """(real, effective) uid."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
+                    fields = line.split()
+                    return int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -178,7 +192,7 @@ class ProcessTable:
         scope = self.scope
         if stat.pid in scope.exclude or stat.pid in self.ignored or stat.pid == scope.root_pid or stat.pid <= 1:
             return False
-        if scope.uids and read_uid(stat.pid) in scope.uids:
+        if scope.uids and not scope.uids.isdisjoint(read_uids(stat.pid) or ()):
             return True
         if scope.root_pid is not None and stat.ppid == scope.root_pid:
             return True

@@ -19,9 +19,12 @@ import pwd
 from pathlib import Path
 
 from berth.errors import SetupFailed
+from berth.redaction import redact
 
-from .environment import RunAs, redact, run_command
-from .processes import kill_matching
+from .processes import kill_scope
+from .proctable import Scope
+from .run_as import RunAs
+from .setup.commands import run_command
 
 GECOS = "berth session"
 FIRST_ID = 3_000_000  # above distribution ranges and the usual /etc/subuid container ranges
@@ -137,7 +140,7 @@ async def remove_session_user(name: str) -> None:
         raise SetupFailed(f"refusing to remove user {name}: not a berth session user")
     tail: list[str] = []
     for _ in range(3):
-        await asyncio.to_thread(kill_matching, None, entry.pw_uid, {os.getpid()})
+        await asyncio.to_thread(kill_scope, Scope(uids=frozenset({entry.pw_uid})))
         await asyncio.to_thread(lock_home, Path(entry.pw_dir), entry.pw_uid)
         status, tail = await _admin(["userdel", name])
         if status in (0, 6):  # 6: already gone

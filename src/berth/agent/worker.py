@@ -21,7 +21,6 @@ from pathlib import Path
 import psutil
 
 from berth.client import BerthClient
-from berth.ids import new_password
 from berth.errors import BerthError, ServerUnavailable, Unauthorized
 from berth.private_files import ensure_private_dir, open_private, tighten
 from berth.schemas import Assignment, SessionStatus, SupervisorStatus, WorkerRegister
@@ -30,7 +29,7 @@ from berth.settings import AgentSettings
 from .backends import get_backend
 from .context import SupervisorContext
 
-from .supervisor import ASSIGNMENT_FILE, PID_FILE, SECRETS_FILE
+from .session_files import ASSIGNMENT_FILE, PID_FILE, SECRETS_FILE, write_session_files
 
 log = logging.getLogger("berth.agent")
 IDENTITY_FILE = "worker.json"
@@ -139,13 +138,7 @@ class Agent:
     # --- sessions ---------------------------------------------------------------------------
     def start_supervisor(self, assignment: Assignment) -> None:
         session_dir = self.sessions_dir / assignment.session_id
-        ensure_private_dir(session_dir)
-        secrets = assignment.secrets.model_dump(exclude_none=True)
-        public = assignment.model_copy(update={"secrets": type(assignment.secrets)()})
-        agent = SupervisorContext.of(self.settings).model_dump(mode="json")
-        _write_private(session_dir / ASSIGNMENT_FILE, {"assignment": public.model_dump(mode="json"), "agent": agent,
-                                                       "password": new_password()})
-        _write_private(session_dir / SECRETS_FILE, secrets)
+        write_session_files(session_dir, assignment, SupervisorContext.of(self.settings))
         if self._fork_supervisor(session_dir):
             log.info("session %s: supervisor forked by the zygote", assignment.session_id)
             return
@@ -281,11 +274,6 @@ def _recent(session_dir: Path, seconds: float = 30.0) -> bool:
         return time.time() - (session_dir / ASSIGNMENT_FILE).stat().st_mtime < seconds
     except FileNotFoundError:
         return False
-
-
-def _write_private(path: Path, data: dict) -> None:
-    with open_private(path, "w") as f:
-        json.dump(data, f)
 
 
 async def run_agent(settings: AgentSettings) -> None:

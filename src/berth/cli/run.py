@@ -82,9 +82,9 @@ def server(
 
 
 def _safe_url(url: str) -> str:
-    import re
+    from berth.redaction import redact
 
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:****@", url)
+    return redact(url)  # the database URL without its credentials
 
 
 def agent(

@@ -4,6 +4,10 @@ A backend decides where a session's processes run and who they run as.
 
 Required methods:
     ``prepare()``   create the session's identity and home (a system user, a container...); return a ``SessionHost``
+    ``run_in_session()``  run a process in the session as its user (setup steps: venv, packages, git, init
+                          script); (status, last output lines), the output streamed to ``on_line``
+    ``process_scope()``   which processes are the session's (``berth.agent.proctable.Scope``): what sampling
+                          counts and what teardown ends
     ``teardown()``  end every process of the session and remove what ``prepare`` made, except the home/workspace
     ``identity()``  the uid/gid, as seen on the worker, that work done on the session's behalf runs as
     ``clean_up_orphan()``  (classmethod) end what a dead supervisor left, given only the session id and its dir
@@ -17,12 +21,14 @@ Optional:
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from berth.agent.as_session import Identity, run_task
-from berth.agent.environment import RunAs
+from berth.agent.proctable import Scope
+from berth.agent.run_as import RunAs
 
 
 @dataclass
@@ -30,15 +36,18 @@ class SessionHost:
     run_as: RunAs           # who the session's processes run as
     home: Path              # the session's HOME
     system_user: bool       # a per-session system user was created (root agents)
+    socket_dir: Path        # where the supervisor's sockets for the session go: a directory the user cannot swap
+    socket_gid: int | None  # the group allowed to connect to them (None: only the supervisor's own user)
 
 
 class SessionBackend(abc.ABC):
     name: str = "abstract"
 
-    def __init__(self, session_id: str, session_dir: Path, *, homes_dir: Path, password: str):
+    def __init__(self, session_id: str, session_dir: Path, *, homes_dir: Path, runtime_dir: Path, password: str):
         self.session_id = session_id
         self.session_dir = session_dir
         self.homes_dir = homes_dir
+        self.runtime_dir = runtime_dir  # root's directory for per-session sockets (AgentSettings.runtime_dir)
         self.password = password
         self.host: SessionHost | None = None  # set by prepare()
 
@@ -46,8 +55,20 @@ class SessionBackend(abc.ABC):
     async def prepare(self) -> SessionHost: ...
 
     @abc.abstractmethod
+    async def run_in_session(self, argv: list[str], *, env: dict[str, str], cwd: str | Path,
+                             stdin: bytes | None = None, on_line: Callable[[str], None] | None = None,
+                             pass_fds: tuple[int, ...] = ()) -> tuple[int, list[str]]:
+        """Run argv (no shell) in the session as its user (after prepare); stdout and stderr merged, streamed
+        to on_line. Returns (exit status, last lines). Cancelling it ends the process and its group."""
+
+    @abc.abstractmethod
+    def process_scope(self) -> Scope:
+        """The session's processes (after prepare), for sampling and teardown."""
+
+    @abc.abstractmethod
     async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
-        """Return how many leftover processes had to be killed."""
+        """Return how many leftover processes had to be killed. `host` is None when prepare() did not finish
+        (failed or cancelled): whatever it had made by then is removed all the same."""
 
     @abc.abstractmethod
     def identity(self) -> Identity:

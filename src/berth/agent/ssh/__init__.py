@@ -20,7 +20,7 @@ from typing import Callable
 
 from berth.errors import SetupFailed
 
-from .base import (SshServer, SshServerSpec, fingerprint, free_port, kill_tree, prepare, undo_inherited_signal_ignores,
+from .base import (SshServer, SshServerSpec, fingerprint, free_port, kill_tree, prepare,
                    authorized_keys_text, write_authorized_keys)
 from .choice import choose_kind
 
@@ -32,7 +32,7 @@ KINDS = {
 }
 
 __all__ = ["KINDS", "SshServer", "SshServerSpec", "choose_kind", "fingerprint", "free_port", "kill_tree",
-           "server_class", "start_ssh_server", "undo_inherited_signal_ignores", "write_authorized_keys",
+           "server_class", "start_ssh_server", "write_authorized_keys",
            "authorized_keys_text"]
 
 

@@ -17,10 +17,11 @@ from typing import Callable
 
 import asyncssh
 
+from berth.agent.signal_defaults import undo_inherited_signal_ignores
 from berth.errors import SetupFailed
 
 from . import algorithms
-from .base import SshServer, SshServerSpec, kill_tree, undo_inherited_signal_ignores
+from .base import SshServer, SshServerSpec, kill_tree
 from .builtin_logins import Logins
 
 

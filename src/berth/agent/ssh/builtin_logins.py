@@ -76,9 +76,12 @@ def _getsid(pid: int) -> int | None:
         return None
 
 
-def session_members(sids: set[int]) -> list[psutil.Process]:
-    """Live processes in any of these sessions: catches orphans that were reparented away from us
-    but kept their login session. Never our own session."""
+def unix_session_members(sids: set[int]) -> list[psutil.Process]:
+    """Live processes in any of these Unix sessions (setsid), i.e. of these logins: catches orphans that were
+    reparented away from us but kept their login session. Never our own session.
+
+    Not "the berth session's processes" (that is ``berth.agent.proctable``, for sampling and teardown): this
+    answers which processes one server's logins left, to hang them up when the client goes or the server stops."""
     sids = set(sids) - {os.getsid(0)}
     out = []
     for pid in psutil.pids() if sids else []:
@@ -119,7 +122,7 @@ class Logins:
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of the logins: the children, and their sessions' members (orphans included)."""
-        victims = session_members(self.sids)
+        victims = unix_session_members(self.sids)
         for pid in list(self.children):
             try:
                 victims.append(psutil.Process(pid))

@@ -127,7 +127,7 @@ class Session(Base):
     restored_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
     session_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    ssh: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    endpoints: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the app's Endpoints; secrets in them sealed
     idle_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     kept_alive_by: Mapped[list | None] = mapped_column(JSON, nullable=True)  # idle rules that fired last (supervisor)
     idle_extended_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # `sessions extend`

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth.apps import export_document, validate_config
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.schemas import (
-    App, LastSnapshot, LaunchRequest, LaunchSecrets, Links, SessionStatus, SessionView, SshInfo, SupervisorControl, SupervisorStatus,
+    App, Endpoints, LastSnapshot, LaunchRequest, LaunchSecrets, Links, SessionStatus, SessionView, SupervisorControl, SupervisorStatus,
 )
 from berth.server.db.models import Project, Queue, Session, SessionEvent, Snapshot, User, Worker, utcnow
 
@@ -147,8 +147,7 @@ async def views(db: AsyncSession, rows: list[Session]) -> list[SessionView]:
             queue=queues[row.queue_id], status=status, dashboard_status=status.dashboard,
             idle_seconds=row.idle_seconds if status == SessionStatus.idle else 0.0, restored_from=row.restored_from,
             worker=workers.get(row.worker_id), error=row.error, owner=owners[row.owner_id], config=row.config,
-            ssh=_open_ssh(db, row) if row.ssh and status.is_running else None,
-            links=Links() if row.app == App.remote_desktop.value else None,
+            **_endpoint_fields(db, row, status),
             created_at=row.created_at, started_at=row.started_at, stopped_at=row.stopped_at, last_snapshot=snapshots.get(row.id),
             kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
         ))
@@ -159,14 +158,31 @@ async def _names(db: AsyncSession, key, name, ids: set) -> dict:
     return {k: v for k, v in await db.execute(select(key, name).where(key.in_(ids)))}
 
 
-def _open_ssh(db: AsyncSession, row: Session) -> SshInfo:
-    ssh = dict(row.ssh)
-    try:
-        ssh["password"] = secretbox.box(db).open(ssh["password"])
-    except BerthError as exc:  # the connection details stay useful; the key mismatch goes to the log
-        log.error("session %s: %s", row.id, exc.log_message)
-        ssh["password"] = "(unavailable: see the server log)"
-    return SshInfo.model_validate(ssh)
+def _endpoint_fields(db: AsyncSession, row: Session, status: SessionStatus) -> dict[str, Any]:
+    """`ssh` and `links` of a session's view: its app's endpoints while it runs (secrets opened), else none."""
+    endpoints = _open_endpoints(db, row) if row.endpoints and status.is_running else Endpoints()
+    links = endpoints.links or (Links() if row.app == App.remote_desktop.value else None)
+    return {"ssh": endpoints.ssh, "links": links}
+
+
+def _open_endpoints(db: AsyncSession, row: Session) -> Endpoints:
+    stored = dict(row.endpoints)
+    if stored.get("ssh"):
+        ssh = dict(stored["ssh"])
+        try:
+            ssh["password"] = secretbox.box(db).open(ssh["password"])
+        except BerthError as exc:  # the connection details stay useful; the key mismatch goes to the log
+            log.error("session %s: %s", row.id, exc.log_message)
+            ssh["password"] = "(unavailable: see the server log)"
+        stored["ssh"] = ssh
+    return Endpoints.model_validate(stored)
+
+
+def _sealed_endpoints(db: AsyncSession, endpoints: Endpoints) -> dict[str, Any]:
+    stored = endpoints.model_dump(mode="json", exclude_none=True)
+    if endpoints.ssh is not None:
+        stored["ssh"]["password"] = secretbox.box(db).seal(endpoints.ssh.password)
+    return stored
 
 
 async def _last_snapshots(db: AsyncSession, session_ids: list[str]) -> dict[str, LastSnapshot]:
@@ -280,8 +296,8 @@ async def _apply_report(db: AsyncSession, row: Session, report: SupervisorStatus
     current, new = SessionStatus(row.status), report.status
     if new != current:
         check_transition(row.id, current, new)
-    if report.ssh is not None:
-        row.ssh = {**report.ssh.model_dump(), "password": secretbox.box(db).seal(report.ssh.password)}
+    if report.endpoints is not None:
+        row.endpoints = _sealed_endpoints(db, report.endpoints)
     if report.idle_seconds is not None:
         row.idle_seconds = report.idle_seconds
     if report.kept_alive_by is not None:
