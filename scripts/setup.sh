@@ -26,6 +26,7 @@ APT_PACKAGES=(
   passwd          # useradd / userdel
   zstd
   restic
+  chromium        # the browser tests (tests/browser) drive it through Playwright, which cannot download one here
 )
 
 # Bump to force a reinstall of the venv / node_modules on every machine.

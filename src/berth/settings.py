@@ -55,6 +55,11 @@ class ServerSettings(BaseSettings):
                                               "logged in within this many days, so failures elsewhere cannot lock the owner out (0: off).")
     trusted_proxies: list[str] = Field(default_factory=list, description="Addresses of reverse proxies whose X-Forwarded-For names the client "
                                        "(JSON list); none by default: the client address is the connection's.")
+    web_session_hours: float = Field(12.0, gt=0, le=24 * 365, description="A browser login lasts this long (hours); logging out ends it sooner.")
+    web_cookie_secure: bool = Field(False, description="Mark the browser's session cookie Secure even when the request looks like plain "
+                                    "http (a TLS proxy that is not in BERTH_TRUSTED_PROXIES); under https it is Secure anyway.")
+    web_assets_dir: Path | None = Field(None, description="The node_modules directory the web pages' scripts and styles (htmx, uPlot, "
+                                        "xterm.js, noVNC) are served from; the checkout's node_modules when unset (scripts/setup.sh).")
 
     def resolved_database_url(self) -> str:
         if self.database_url:

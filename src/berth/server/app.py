@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from berth import __version__
-from berth.errors import BerthError
+from berth.errors import BerthError, InvalidInput
 from berth.settings import ServerSettings
 
-from . import datadir, prometheus
+from . import datadir, prometheus, web
 from .limits import RequestLimits
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
@@ -77,18 +77,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, settings=settings)  # body size and URL checks, before any route
 
     @app.exception_handler(BerthError)
-    async def _berth_error(request: Request, exc: BerthError) -> JSONResponse:
+    async def _berth_error(request: Request, exc: BerthError) -> Response:
         if exc.http_status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.log_message)
         elif exc.log_message != exc.message:
             log.info("%s %s: %s", request.method, request.url.path, exc.log_message)
+        if web.owns(request.url.path):  # the pages answer with a page (or the login page)
+            return web.error_page(request, exc)
         return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
         field = ".".join(str(p) for p in first.get("loc", []) if p not in ("body", "query", "path"))
         msg = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg")
+        if web.owns(request.url.path):
+            return web.error_page(request, InvalidInput(f"{field}: {msg}" if field else str(msg), field=field or None))
         return JSONResponse({"detail": f"{field}: {msg}" if field else str(msg), "field": field or None}, status_code=422)
 
     from .api import auth, metrics as metrics_api, projects, sessions, workers as workers_api, workspaces as workspaces_api
@@ -101,9 +105,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"ok": True, "version": __version__}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return ("<!doctype html><title>berth</title><h1>berth</h1>"
-                "<p>Server is running. API documentation: <a href='/docs'>/docs</a>.</p>")
-
+    web.install(app)  # the pages (/, /login, /apps/..., /sessions/...), their assets and the security headers
     return app

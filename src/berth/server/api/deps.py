@@ -66,8 +66,8 @@ Db = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 async def get_principal(request: Request, db: Db,
                         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    token = creds.credentials if creds else request.cookies.get("berth_token")
-    return await authenticate(db, token, agent_token=request.app.state.settings.agent_token)
+    # Bearer only: a cookie would let any site's form act with the user's API rights (CSRF); pages use their own.
+    return await authenticate(db, creds.credentials if creds else None, agent_token=request.app.state.settings.agent_token)
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -54,8 +54,9 @@ async def authenticate(db: AsyncSession, token: str | None, *, agent_token: str 
 
 
 async def login(db: AsyncSession, username: str, password: str, token_days: float, *, address: str,
-                limits: login_throttle.Limits) -> tuple[str, User]:
-    """`address`: the client's, from the connection (or a configured proxy). Throttled before any hashing."""
+                limits: login_throttle.Limits, kind: str = "api") -> tuple[str, User]:
+    """`address`: the client's, from the connection (or a configured proxy). Throttled before any hashing.
+    `kind`: "api" (a bearer token for the CLI and API) or "web" (a browser's cookie session)."""
     await login_throttle.check(db, limits, username, address)
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     # Verify against a dummy hash for unknown users so timing does not reveal which names exist.
@@ -65,8 +66,9 @@ async def login(db: AsyncSession, username: str, password: str, token_days: floa
         await db.commit()  # the failure must count although this request ends in an error (which rolls back)
         raise Unauthorized("wrong username or password", log_message=f"failed login for {username[:64]!r} from {address}")
     await login_throttle.record_success(db, limits, username, address)
-    token = await create_token(db, user, kind="api", label="login", expires_days=token_days)
-    return token[1], user
+    _row, token = await _issue_token(db, user, kind=kind, label="login" if kind == "api" else "browser",
+                                     expires_days=token_days)
+    return token, user
 
 
 _DUMMY: list[str] = []
@@ -84,6 +86,11 @@ async def create_token(db: AsyncSession, user: User | None, *, kind: str, label:
     access.may_create_token(user, kind)
     if expires_days is not None and expires_days <= 0:
         raise InvalidInput("expires_days: must be positive", field="expires_days")
+    return await _issue_token(db, user, kind=kind, label=label, expires_days=expires_days)
+
+
+async def _issue_token(db: AsyncSession, user: User | None, *, kind: str, label: str,
+                       expires_days: float | None) -> tuple[ApiToken, str]:
     secret = security.new_token(kind)
     row = ApiToken(
         id=security.new_id(), user_id=user.id if user else None, kind=kind, label=label[:128],
@@ -96,7 +103,9 @@ async def create_token(db: AsyncSession, user: User | None, *, kind: str, label:
 
 
 async def list_tokens(db: AsyncSession, user: User) -> list[ApiToken]:
-    rows = await db.execute(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at))
+    # Browser sessions are not tokens a user manages: logging out ends them.
+    rows = await db.execute(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.kind != "web")
+                            .order_by(ApiToken.created_at))
     return list(rows.scalars())
 
 

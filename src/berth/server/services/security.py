@@ -33,8 +33,9 @@ _HASH_THREADS = ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0
 async def _off_loop(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(_HASH_THREADS, fn, *args)
 
-# Token prefixes tell which table to look in: user API, gateway, agent registration, worker, session supervisor.
-TOKEN_KINDS = {"bu_": "api", "bg_": "gateway", "ba_": "agent", "bw_": "worker", "bs_": "session"}
+# Token prefixes tell which table to look in: user API, gateway, agent registration, worker, session supervisor,
+# web (the browser's cookie session: a row in api_tokens like API tokens, accepted by the web pages only).
+TOKEN_KINDS = {"bu_": "api", "bg_": "gateway", "ba_": "agent", "bw_": "worker", "bs_": "session", "bc_": "web"}
 _PREFIX_OF = {kind: prefix for prefix, kind in TOKEN_KINDS.items()}
 
 

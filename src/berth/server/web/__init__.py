@@ -1,0 +1,47 @@
+"""The web pages: server-rendered Jinja2 + htmx, over the same services and the same authorization module
+(services/access.py) as the API. A cookie session per browser (services/web_sessions.py), a CSRF token on
+every state-changing request, security headers on every answer.
+
+Route modules stay thin: `login` (login, logout), `apps` (apps page, instance lists), `instance` (one session),
+`assets` (static files). `error_page` is what the app's one error handler answers for a page.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+from berth.errors import BerthError, Unauthorized
+
+from .headers import SecurityHeaders
+from .templates import render
+
+_PAGE_PREFIXES = ("/login", "/logout", "/apps/", "/sessions/", "/static/")
+
+
+def install(app: FastAPI) -> None:
+    from . import apps, assets, instance, login
+
+    app.add_middleware(SecurityHeaders)
+    for module in (login, apps, instance, assets):
+        app.include_router(module.router)
+
+
+def owns(path: str) -> bool:
+    """Paths the pages answer (errors there are pages too); the API lives under /api/."""
+    return path == "/" or path.startswith(_PAGE_PREFIXES)
+
+
+def error_page(request: Request, exc: BerthError) -> Response:
+    """A page's error: not logged in -> the login page (then back here); else the message on a page, with the
+    status the API would give (the same 404 for a session one cannot see as for a missing one)."""
+    if isinstance(exc, Unauthorized) and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        login = f"/login?next={quote(target, safe='')}" if target != "/" else "/login"
+        if request.headers.get("hx-request"):  # a polled fragment: htmx moves the whole page
+            return Response(status_code=401, headers={"HX-Redirect": login})
+        return RedirectResponse(login, status_code=303)
+    return render(request, "error.html", {"status": exc.http_status, "message": exc.message},
+                  status_code=exc.http_status, headers=exc.headers())

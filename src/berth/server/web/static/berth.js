@@ -1,0 +1,61 @@
+// berth pages: copy buttons, password reveal, confirmations. Delegated listeners, so parts htmx swaps in work too
+// (the CSP allows no inline handlers).
+"use strict";
+
+function textOf(el) {
+  return el.dataset.secret !== undefined ? el.dataset.secret : el.textContent.trim();
+}
+
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const area = document.createElement("textarea");  // plain http on another host: the older way
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.className = "offscreen";
+  document.body.appendChild(area);
+  area.select();
+  document.execCommand("copy");
+  area.remove();
+}
+
+function flash(button, label) {
+  button.classList.add("done");
+  const title = button.title;
+  button.title = label;
+  setTimeout(() => { button.classList.remove("done"); button.title = title; }, 1200);
+}
+
+document.addEventListener("click", async (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const source = document.querySelector(copy.dataset.copy);
+    if (!source) return;
+    try {
+      await copyText(textOf(source));
+      flash(copy, "Copied");
+    } catch (err) {
+      flash(copy, "Could not copy: select the text instead");
+    }
+    return;
+  }
+  const reveal = event.target.closest("[data-reveal]");
+  if (reveal) {
+    const secret = document.querySelector(reveal.dataset.reveal);
+    if (!secret) return;
+    const shown = reveal.getAttribute("aria-pressed") === "true";
+    secret.textContent = shown ? "••••••••••" : secret.dataset.secret;
+    secret.classList.toggle("revealed", !shown);
+    reveal.setAttribute("aria-pressed", String(!shown));
+    reveal.title = shown ? "Show password" : "Hide password";
+  }
+});
+
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
