@@ -133,7 +133,7 @@ class Supervisor:
         """Setup, cut short by a stop request (long poll), a signal, or the time limit; None when stopped.
         What setup made is left for teardown, as after a failed step."""
         setup = asyncio.ensure_future(self.setup())
-        stop = asyncio.ensure_future(self._watch_server())
+        stop = asyncio.ensure_future(self._watch_server(after_s=1.0))
         try:
             await asyncio.wait({setup, stop}, timeout=self.ctx.setup_timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -193,9 +193,12 @@ class Supervisor:
         self.background.append(asyncio.create_task(self._watch_app()))
         await self._watch_server()
 
-    async def _watch_server(self) -> None:
+    async def _watch_server(self, after_s: float = 0.0) -> None:
         """Long-poll the server until it asks for the stop (or has ended the session), or the stop event is set;
-        meanwhile apply idle extensions and sync requests. Also runs during setup, so a stop cuts setup short."""
+        meanwhile apply idle extensions and sync requests. Also runs during setup, so a stop cuts setup short:
+        there it starts `after_s` late (a stop asked for meanwhile is still seen), leaving a quick setup alone."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), after_s)
         while not self.stop_event.is_set():
             try:
                 poll = asyncio.ensure_future(self.client.watch(self.id, wait=20, known_extend=self.known_extend,
