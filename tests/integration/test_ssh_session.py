@@ -56,6 +56,7 @@ def test_show_matches_launch(stack, active):
     shown = stack.cli_json("sessions", "show", active["id"])
     assert shown["ssh"] == active["ssh"]
     assert shown["id"] == active["id"]
+    assert "links" in shown and shown["links"] is None  # SPEC §5: links are the remote desktop's endpoints
 
 
 def test_ssh_password_is_sealed_in_the_database(stack, active):
