@@ -64,8 +64,10 @@ class Watched:
         self.page.emulate_media(color_scheme="light")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Browser:
+    # Module scope, not session: Playwright's sync API keeps an event loop running in this thread while it is
+    # open, and every later test calling asyncio.run() would fail ("cannot be called from a running event loop").
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
         try:
