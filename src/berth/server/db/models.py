@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text, TypeDecorator, UniqueConstraint,
+    JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text, TypeDecorator, UniqueConstraint, func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -136,6 +136,12 @@ class Session(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# The web instance list: one app's sessions newest first (ties by id, in the same direction so the index serves
+# the whole ORDER BY and a page reads only its rows), or by name.
+Index("ix_sessions_app_started", Session.app, func.coalesce(Session.started_at, Session.created_at), Session.id)
+Index("ix_sessions_app_name", Session.app, Session.name)
 
 
 class SessionEvent(Base):

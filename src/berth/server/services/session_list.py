@@ -73,8 +73,10 @@ def _order(sort: Sort, descending: bool) -> list:
     started = func.coalesce(Session.started_at, Session.created_at)
     rank = {status.value: DASHBOARD_ORDER.index(status.dashboard) for status in SessionStatus}
     key = {"started": started, "name": Session.name, "status": case(rank, value=Session.status, else_=len(DASHBOARD_ORDER))}[sort]
+    if sort == "started":  # ties by id in the same direction: ix_sessions_app_started serves the whole order
+        return [started.desc(), Session.id.desc()] if descending else [started.asc(), Session.id.asc()]
     # Ties (same name or status) newest first, then by id, so pages never overlap.
-    return [key.desc() if descending else key.asc(), started.desc(), Session.id]
+    return [key.desc() if descending else key.asc(), started.desc(), Session.id.desc()]
 
 
 async def running_counts(db: AsyncSession, user: User) -> dict[str, int]:
