@@ -6,6 +6,7 @@ a fresh PostgreSQL database instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -58,6 +59,26 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 10) -
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+@contextlib.contextmanager
+def git_daemon(src: Path, root: Path):
+    """`src` (a git checkout) served read-only by `git daemon` on a free port; yields its git:// URL."""
+    served = root / "served"
+    served.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(served / "repo.git")], check=True)
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", f"--port={port}",
+                               f"--base-path={served}", str(served)], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"git://127.0.0.1:{port}/repo.git"
+    finally:
+        kill_tree(daemon)
 
 
 class Stack:

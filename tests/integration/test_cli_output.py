@@ -222,3 +222,22 @@ def test_help_in_a_terminal_shows_no_bool_placeholder(server_only):
     code, text = run_in_terminal(server_only, "launch", "ssh-session", "--help")
     assert code == 0 and "--wait" in text and "--dropbear" in text, text
     assert "<bool>" not in text, text
+
+
+def test_launch_onto_a_queue_no_worker_serves_warns_and_a_bare_config_file_works(stack, tmp_path):
+    """A bare configuration object ({"queue": ...}) is a configuration file too; a queue no online worker serves
+    gets a warning line at once (the session still launches and waits there)."""
+    stack.api("POST", "/api/v1/queues", json={"name": "nobody-serves"})
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps({"queue": "nobody-serves", "name": "bare-config"}))
+    result = run_piped(stack, "launch", "ssh-session", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "launched ssh-session session" in result.stderr and "'nobody-serves'" in result.stderr
+    assert "warning: no online worker serves queue 'nobody-serves': the session waits there until one does" in result.stderr
+    session_id = re.search(r"session (\w+) \(bare-config\)", result.stderr).group(1)
+    assert stack.api("GET", f"/api/v1/sessions/{session_id}")["status"] == "queued"
+    stack.api("POST", f"/api/v1/sessions/{session_id}/stop")
+    served = run_piped(stack, "launch", "ssh-session", "--name", "served")  # the agent serves 'default': no warning
+    assert served.returncode == 0 and "warning" not in served.stderr, served.stderr
+    served_id = re.search(r"session (\w+) \(served\)", served.stderr).group(1)
+    stack.api("POST", f"/api/v1/sessions/{served_id}/stop")

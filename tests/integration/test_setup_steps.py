@@ -13,7 +13,7 @@ from test_ssh_session import openssh
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory) -> tuple[str, str]:
     """A git server (git daemon on a port) with two commits on 'main' and a 'feature' branch; returns (url, first commit)."""
-    from conftest import free_port, kill_tree
+    from conftest import git_daemon
 
     root = tmp_path_factory.mktemp("git")
     src = root / "src"
@@ -33,21 +33,8 @@ def origin(tmp_path_factory) -> tuple[str, str]:
     run("git", "add", ".")
     run("git", "commit", "-qm", "feature")
     run("git", "checkout", "-q", "main")
-    bare = root / "served" / "repo.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    port = free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", f"--port={port}",
-                               f"--base-path={root / 'served'}", str(root / "served")], stderr=subprocess.DEVNULL)
-    import socket
-    import time
-
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"git://127.0.0.1:{port}/repo.git", first
-    kill_tree(daemon)
+    with git_daemon(src, root) as url:
+        yield url, first
 
 
 def test_git_branch_is_cloned_into_workspace(stack, origin):

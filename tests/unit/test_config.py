@@ -113,3 +113,19 @@ def test_export_import_round_trip(name, tags, hours, cpu, dropbear):
     app, again = parse_document(export_document("ssh-session", dumped))
     assert app.value == "ssh-session"
     assert again.model_dump(mode="json") == dumped
+
+
+def test_a_bare_configuration_object_is_a_configuration_of_the_app_named():
+    app, config = parse_document({"queue": "gpu", "tags": "a, b"}, "ssh-session")
+    assert app.value == "ssh-session" and config.queue == "gpu" and config.tags == ["a", "b"]
+    with pytest.raises(InvalidInput, match=r"^queu: unknown field") as info:  # named as written, not config.queu
+        parse_document({"queu": "gpu"}, "ssh-session")
+    assert info.value.field == "queu"
+    with pytest.raises(InvalidInput, match="expected an exported configuration"):
+        parse_document({"queue": "gpu"})  # no app known: which shapes are expected
+    with pytest.raises(InvalidInput, match="expected an exported configuration"):
+        parse_document("queue", "ssh-session")
+    with pytest.raises(InvalidInput, match="^queue: unknown field"):  # a document with a stray key stays a mistake
+        parse_document({"berth_config": 1, "app": "ssh-session", "queue": "gpu"}, "ssh-session")
+    with pytest.raises(InvalidInput, match="berth_config: unsupported"):
+        parse_document({"berth_config": 2, "app": "ssh-session", "config": {}}, "ssh-session")

@@ -28,19 +28,32 @@ def config_model(app: App | str) -> type[CommonConfig]:
         raise InvalidInput(f"app: unknown or unsupported app {app!r} (supported: {known})", field="app") from None
 
 
-def validate_config(app: App | str, data: Any) -> CommonConfig:
+def validate_config(app: App | str, data: Any, prefix: str = "config") -> CommonConfig:
     """Validate a configuration dict; the error names the first offending field."""
     model = config_model(app)
     if not isinstance(data, dict):
-        raise InvalidInput("config: must be a JSON object", field="config")
+        raise InvalidInput(f"{prefix or 'configuration'}: must be a JSON object", field=prefix)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid_from_validation(exc, prefix="config") from None
+        raise invalid_from_validation(exc, prefix=prefix) from None
+
+
+def config_errors(app: App | str, data: dict[str, Any]) -> list[InvalidInput]:
+    """Every problem of a configuration dict (the launch form shows each next to its field), in the words
+    `validate_config` uses; empty when it is valid."""
+    try:
+        config_model(app).model_validate(data)
+    except ValidationError as exc:
+        return [_invalid(error, "config") for error in exc.errors()]
+    return []
 
 
 def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidInput:
-    first = exc.errors()[0]
+    return _invalid(exc.errors()[0], prefix)
+
+
+def _invalid(first: Any, prefix: str) -> InvalidInput:
     loc = ".".join(str(p) for p in first["loc"]) or prefix
     field = f"{prefix}.{loc}" if prefix and loc != prefix else loc
     msg = first["msg"]
@@ -57,10 +70,20 @@ def export_document(app: App | str, config: dict[str, Any]) -> dict[str, Any]:
     return {"berth_config": CONFIG_SCHEMA_VERSION, "app": App(app).value, "config": config}
 
 
-def parse_document(doc: Any) -> tuple[App, CommonConfig]:
-    """Validate an exported configuration file as a whole."""
+_DOCUMENT_KEYS = {"berth_config", "app", "config"}
+EXPECTED_SHAPES = ('expected an exported configuration {"berth_config": 1, "app": ..., "config": {...}} '
+                   'or a configuration object such as {"queue": "gpu"}')
+
+
+def document_config(doc: Any, app: App | str | None = None) -> tuple[App, dict[str, Any]]:
+    """The app and the (unvalidated) configuration dict of a configuration file: an exported document, or a bare
+    configuration object as people write one by hand (`app`: the app it configures, when the caller knows it)."""
     if not isinstance(doc, dict):
-        raise InvalidInput("configuration file: must be a JSON object", field="")
+        raise InvalidInput(f"configuration file: must be a JSON object: {EXPECTED_SHAPES}", field="")
+    if app is not None and not (_DOCUMENT_KEYS & set(doc)):  # no key of a document: a bare configuration
+        return App(config_model(app).app), doc
+    if not (_DOCUMENT_KEYS & set(doc)):
+        raise InvalidInput(f"configuration file: {EXPECTED_SHAPES} (a bare configuration needs its app)", field="")
     unknown = sorted(set(doc) - {"berth_config", "app", "config"})
     if unknown:
         raise InvalidInput(f"{unknown[0]}: unknown field", field=unknown[0])
@@ -69,8 +92,19 @@ def parse_document(doc: Any) -> tuple[App, CommonConfig]:
         raise InvalidInput(f"berth_config: unsupported schema version {version!r} (expected {CONFIG_SCHEMA_VERSION})", field="berth_config")
     if "app" not in doc:
         raise InvalidInput("app: required field is missing", field="app")
-    return App(config_model(doc["app"]).app), validate_config(doc["app"], doc.get("config", {}))
+    doc_app = App(config_model(doc["app"]).app)
+    if app is not None and doc_app != App(app):
+        raise InvalidInput(f"app: the file configures {doc_app.value!r}, not {App(app).value!r}", field="app")
+    return doc_app, doc.get("config", {})
+
+
+def parse_document(doc: Any, app: App | str | None = None) -> tuple[App, CommonConfig]:
+    """Validate a configuration file as a whole: an exported document, or (when `app` is given) a bare
+    configuration object of that app, whose errors name the fields as written (`queue`, not `config.queue`)."""
+    doc_app, config = document_config(doc, app)
+    bare = config is doc
+    return doc_app, validate_config(doc_app, config, prefix="" if bare else "config")
 
 
 __all__ = ["CONFIG_MODELS", "CommonConfig", "SshSessionConfig", "config_model", "validate_config", "export_document",
-           "parse_document", "invalid_from_validation"]
+           "parse_document", "document_config", "config_errors", "invalid_from_validation", "EXPECTED_SHAPES"]

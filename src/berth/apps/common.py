@@ -16,6 +16,7 @@ DEFAULT_PROJECT = "Interactive Session"
 class CommonConfig(WireModel):  # numbers are finite (WireModel); names are one line, projects and queues addressable
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     app: ClassVar[App]
+    launch_form: ClassVar[tuple] = ()  # the web form's groups and labels (see ssh_session.LAUNCH_FORM)
 
     name: Line | None = Field(None, max_length=128, description="Session name; generated when empty")
     project: Name = Field(DEFAULT_PROJECT, description="Project the session belongs to")

@@ -23,6 +23,26 @@ DASHBOARD_FIELDS = (
     "metrics.cpu", "metrics.network", "metrics.disk", "metrics.memory", "metrics.gpu", "metrics.gpu_memory", "console",
 )
 
+# The launch form, grouped and labelled as the seed's configuration section (the web UI renders it; defaults and
+# help come from the fields). (group, collapsed under "Advanced Options", ((field, label), ...)); fields not
+# listed here are shown under Advanced Options with their own names.
+LAUNCH_FORM = (
+    ("Git", False, (("git_repo", "Repository"), ("git_branch", "Branch"), ("git_commit", "Commit"))),
+    ("Docker", False, (("image", "Image"), ("container_args", "Docker Arguments"), ("init_script", "Init Script"))),
+    ("Extra Packages", False, (("packages", "Extra Packages"),)),
+    ("Persistent Workspace Path", False, (("workspace", "Persistent Workspace Path"),)),
+    ("Queue", False, (("queue", "Queue"),)),
+    ("Maximum idle time", False, (("max_idle_hours", "Maximum idle time (hours)"),)),
+    ("Interactive Session Name", False, (("name", "Interactive Session Name"),)),
+    ("Advanced Options", True, (
+        ("project", "Interactive Session Project"), ("tags", "Interactive Session Tags"),
+        ("restore_session", "Restore Interactive Workspace ID"),
+        ("dropbear", "Use DropBear SSH server instead of OpenSSH server"),
+        ("idle_network_mb", "Idle Network Threshold (MB)"), ("idle_cpu", "Idle CPU Threshold (%)"),
+        ("idle_gpu", "Idle GPU Threshold (%)"), ("sync_minutes", "Workspace sync interval (minutes)"),
+        ("workspace_excludes", "Workspace excludes"), ("workspace_max_gb", "Largest workspace stored (GB)"))),
+)
+
 _GIT_REF = re.compile(r"^[A-Za-z0-9._/@{}~^+-]+$")
 
 
@@ -45,6 +65,7 @@ def has_credentials(url: str) -> bool:
 
 class SshSessionConfig(CommonConfig):
     app: ClassVar[App] = App.ssh_session
+    launch_form: ClassVar[tuple] = LAUNCH_FORM
 
     git_repo: Line | None = Field(None, max_length=2048, description="Git repository cloned into the workspace (no credentials in it: "
                                                                     "they go in --git-token-file / --git-ssh-key)")

@@ -34,9 +34,7 @@ def load_config_file(path: Path | None, app: App) -> dict[str, Any]:
         raise InvalidInput(f"--config: no such file {str(path)!r}", field="config") from None
     except ValueError as exc:
         raise InvalidInput(f"--config: {path} is not valid JSON ({exc})", field="config") from None
-    doc_app, config = parse_document(doc)
-    if doc_app != app:
-        raise InvalidInput(f"app: the file configures {doc_app.value!r}, not {app.value!r}", field="app")
+    _app, config = parse_document(doc, app)  # an exported document or a bare configuration object
     return config.model_dump(mode="json", exclude_unset=True)
 
 
@@ -68,6 +66,9 @@ def do_launch(app_kind: App, config: dict[str, Any], secrets: dict[str, Any], wa
         if not as_json:
             err.print(f"launched {view.app.value} session [bold]{view.id}[/bold] ({escape(view.name)}) "
                       f"on queue {escape(repr(view.queue))}")
+            for event in await client.events(view.id):  # what the server noticed at launch (no worker on the queue)
+                if event.level == "warning":
+                    err.print(f"[yellow]warning:[/yellow] {escape(event.message)}", highlight=False)
         if wait:
             view = await wait_until_ready(client, view, quiet=quiet or as_json)
         return view

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from berth.fields import Line, Text, WireModel
 from berth.schemas import LoginRequest, LoginResponse, TokenCreated, TokenView, UserView
@@ -34,8 +34,34 @@ async def me(user: CurrentUser) -> UserView:
 
 class NewUser(WireModel):
     username: Line = Field(max_length=64)
-    password: Text = Field(min_length=8, max_length=1024)
+    password: Text = Field(min_length=accounts.PASSWORD_MIN, max_length=accounts.PASSWORD_MAX)
     is_admin: bool = False
+
+
+@router.get("/users", response_model=list[UserView], responses=errors(401, 403))
+async def list_users(db: Db, admin: Admin) -> list[UserView]:
+    return [UserView(username=u.username, is_admin=u.is_admin) for u in await accounts.list_users(db, admin)]
+
+
+class PasswordChange(WireModel):
+    current_password: Text = Field(max_length=accounts.PASSWORD_MAX)
+    new_password: Text = Field(min_length=accounts.PASSWORD_MIN, max_length=accounts.PASSWORD_MAX)
+
+
+class PasswordChanged(BaseModel):
+    ended: int = Field(description="Other browser sessions and API/gateway tokens ended by the change")
+
+
+@router.post("/users/me/password", response_model=PasswordChanged, responses=errors(401, 422, 429))
+async def change_password(body: PasswordChange, db: Db, user: CurrentUser, request: Request) -> PasswordChanged:
+    """Needs the current password (wrong guesses are throttled like logins). Ends every browser session and
+    revokes every API and gateway token of yours except the token making this request."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    settings = request.app.state.settings
+    ended = await accounts.change_password(
+        db, user, body.current_password, body.new_password, keep_secret=token.strip() if scheme.lower() == "bearer" else None,
+        address=request.client.host if request.client else "unknown", limits=login_throttle.Limits.from_settings(settings))
+    return PasswordChanged(ended=ended)
 
 
 @router.post("/users", response_model=UserView, status_code=201, responses=errors(401, 403, 409, 422))
@@ -46,6 +72,11 @@ async def create_user(body: NewUser, db: Db, _admin: Admin) -> UserView:
 
 class SshKeys(WireModel):
     keys: list[Annotated[Line, Field(max_length=16384)]] = Field(max_length=32, description="OpenSSH public key lines accepted by your sessions")
+
+
+@router.get("/users/me/ssh-keys", response_model=SshKeys, responses=errors(401))
+async def list_ssh_keys(user: CurrentUser) -> SshKeys:
+    return SshKeys(keys=list(user.ssh_keys or []))
 
 
 @router.post("/users/me/ssh-keys", response_model=SshKeys, responses=errors(401, 422))

@@ -39,6 +39,18 @@ class Membership(WireModel):
     role: Role | None = Field(description="viewer, member or admin; null removes the member")
 
 
+class MemberView(BaseModel):
+    username: str
+    role: Role
+
+
+@router.get("/projects/{name}/members", response_model=list[MemberView], responses=errors(401, 404))
+async def list_members(name: str, db: Db, user: CurrentUser) -> list[MemberView]:
+    """For anyone with a role in the project; others get the 404 a missing project gets."""
+    _role, members = await accounts.project_members(db, user, name)
+    return [MemberView(username=u, role=r) for u, r in members]
+
+
 @router.put("/projects/{name}/members", status_code=204, responses=errors(401, 403, 404, 422))
 async def set_member(name: str, body: Membership, db: Db, user: CurrentUser) -> None:
     await accounts.set_member(db, user, name, body.username, body.role)

@@ -6,7 +6,7 @@ import logging
 import re
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps.common import DEFAULT_PROJECT
@@ -19,6 +19,7 @@ from .access import Principal
 
 log = logging.getLogger("berth.server")
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024  # the API's user model says the same (api/auth.py NewUser)
 
 
 async def authenticate(db: AsyncSession, token: str | None, *, agent_token: str | None = None) -> Principal:
@@ -115,6 +116,62 @@ async def revoke_token(db: AsyncSession, user: User, token_id: str) -> ApiToken:
     return row
 
 
+def check_password(password: str, field: str = "password") -> None:
+    if len(password) < PASSWORD_MIN:
+        raise InvalidInput(f"{field}: at least {PASSWORD_MIN} characters", field=field)
+    if len(password) > PASSWORD_MAX:
+        raise InvalidInput(f"{field}: at most {PASSWORD_MAX} characters", field=field)
+
+
+async def change_password(db: AsyncSession, user: User, current: str, new: str, *, keep_secret: str | None,
+                          address: str, limits: login_throttle.Limits) -> int:
+    """Change the user's password; the current one is required and wrong guesses count as failed logins.
+    Everything that was opened with the old password ends: every other browser session is deleted and every
+    API and gateway token revoked, except `keep_secret` (the cookie or bearer token making this request).
+    Returns how many sessions and tokens ended."""
+    check_password(new, "new_password")
+    await login_throttle.check(db, limits, user.username, address)
+    if not await security.verify_password(user.password_hash, current):
+        await login_throttle.record_failure(db, limits, user.username, address)
+        await db.commit()  # the failure counts although this request ends in an error (which rolls back)
+        raise InvalidInput("current_password: that is not your current password", field="current_password",
+                           log_message=f"password change for {user.username}: wrong current password from {address}")
+    user.password_hash = await security.hash_password(new)
+    kept = security.hash_token(keep_secret) if keep_secret else ""
+    ended = (await db.execute(delete(ApiToken).where(
+        ApiToken.user_id == user.id, ApiToken.kind == "web", ApiToken.token_hash != kept))).rowcount
+    ended += (await db.execute(update(ApiToken).where(
+        ApiToken.user_id == user.id, ApiToken.kind.in_(("api", "gateway")), ApiToken.token_hash != kept,
+        ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow()))).rowcount
+    log.info("user %s changed their password; %d other sessions and tokens ended", user.username, ended)
+    return ended
+
+
+def remove_ssh_key(user: User, key: str) -> list[str]:
+    """Remove one public key (as listed); a key that is not there is a 404 like any missing thing."""
+    keys = list(user.ssh_keys or [])
+    if key not in keys:
+        raise NotFound("no such SSH key")
+    user.ssh_keys = [k for k in keys if k != key]
+    return user.ssh_keys
+
+
+async def list_users(db: AsyncSession, actor: User) -> list[User]:
+    access.require_admin(actor)
+    return list((await db.execute(select(User).order_by(User.username))).scalars())
+
+
+async def project_members(db: AsyncSession, actor: User, project_name: str) -> tuple[Role, list[tuple[str, Role]]]:
+    """The actor's role in the project and its members (username, role), for anyone with a role in it;
+    others get the same 404 as for a missing project."""
+    project = (await db.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
+    role = await access.require_role(db, actor, project.id if project else None, Role.viewer,
+                                     NotFound(f"no project {project_name!r}"))
+    rows = await db.execute(select(User.username, ProjectMember.role).join(User, User.id == ProjectMember.user_id)
+                            .where(ProjectMember.project_id == project.id).order_by(User.username))
+    return role, [(name, Role(r)) for name, r in rows]
+
+
 def add_ssh_keys(user: User, lines: list[str]) -> list[str]:
     """Add public keys (kept once each, newest 32) that every session the user launches will accept."""
     keys = []
@@ -131,8 +188,7 @@ def add_ssh_keys(user: User, lines: list[str]) -> list[str]:
 async def create_user(db: AsyncSession, username: str, password: str, *, is_admin: bool = False) -> User:
     if not _USERNAME.match(username):
         raise InvalidInput("username: lower-case letters, digits, '_', '.', '-' (max 64), starting with a letter", field="username")
-    if len(password) < 8:
-        raise InvalidInput("password: at least 8 characters", field="password")
+    check_password(password)
     if (await db.execute(select(User.id).where(User.username == username))).first():
         raise Conflict(f"user {username!r} exists")
     user = User(username=username, password_hash=await security.hash_password(password), is_admin=is_admin, ssh_keys=[])

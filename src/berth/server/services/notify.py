@@ -53,6 +53,11 @@ class Notifier:
         graceful shutdown is not spent waiting on them and nothing is cancelled mid-request."""
         self._closing.set()
 
+    @property
+    def closing(self) -> bool:
+        """The server is shutting down: open streams (the console's server-sent events) end instead of waiting again."""
+        return self._closing.is_set()
+
     def notify(self, topic: str) -> None:
         event = self._events.pop(topic, None)
         if event is not None:

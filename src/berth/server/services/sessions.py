@@ -21,7 +21,7 @@ from berth.schemas import (
 )
 from berth.server.db.models import Project, Queue, Session, SessionEvent, Snapshot, User, Worker, utcnow
 
-from . import access, accounts, notify, secretbox, security
+from . import access, accounts, notify, queues, secretbox, security
 
 log = logging.getLogger("berth.server")
 S = SessionStatus
@@ -117,6 +117,8 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
     db.add(row)
     await db.flush()
     await add_event(db, session_id, f"status: queued on {queue.name!r} by {user.username}")
+    if not (await queues.online_workers(db)).get(queue.name):
+        await add_event(db, session_id, queues.unserved_warning(queue.name), level="warning")
     notify.after_commit(db, queue_topic(queue.id))
     return row
 

@@ -2,7 +2,10 @@
 (services/access.py) as the API. A cookie session per browser (services/web_sessions.py), a CSRF token on
 every state-changing request, security headers on every answer.
 
-Route modules stay thin: `login` (login, logout), `apps` (apps page, instance lists), `instance` (one session),
+Route modules stay thin: `login` (login, logout), `apps` (apps page, instance lists), `instance` (one session's dashboard),
+`streams` (its charts' JSON, its console as server-sent events),
+`launch` (the launch form: new, clone, import, export), `settings` (profile, password, SSH keys, tokens),
+`admin` (projects and members, users, workers and queues),
 `assets` (static files). `error_page` is what the app's one error handler answers for a page.
 """
 
@@ -18,14 +21,14 @@ from berth.errors import BerthError, Unauthorized
 from .headers import SecurityHeaders
 from .templates import render
 
-_PAGE_PREFIXES = ("/login", "/logout", "/apps/", "/sessions/", "/static/")
+_PAGE_PREFIXES = ("/login", "/logout", "/apps/", "/sessions/", "/static/", "/settings", "/projects", "/users", "/workers")
 
 
 def install(app: FastAPI) -> None:
-    from . import apps, assets, instance, login
+    from . import admin, apps, assets, instance, launch, login, settings, streams
 
     app.add_middleware(SecurityHeaders)
-    for module in (login, apps, instance, assets):
+    for module in (login, apps, launch, instance, streams, settings, admin, assets):
         app.include_router(module.router)
 
 

@@ -25,7 +25,7 @@ VENDOR = {
     "xterm.js": "@xterm/xterm/lib/xterm.js",
     "xterm.css": "@xterm/xterm/css/xterm.css",
 }
-_OWN = {"berth.css", "berth.js", "favicon.svg"}
+_OWN = {"berth.css", "berth.js", "dashboard.js", "favicon.svg"}
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 

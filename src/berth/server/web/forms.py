@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request
 
+from pydantic import BaseModel, ValidationError
+
 from berth.errors import InvalidInput
 
 _MAX_FIELDS = 100
@@ -27,3 +29,15 @@ async def fields(request: Request) -> dict[str, str]:
             found.setdefault(name, value)  # the first of repeated fields, as browsers send one each
     request.state.form_fields = found
     return found
+
+
+def check(model: type[BaseModel], data: dict) -> tuple[BaseModel | None, dict[str, str]]:
+    """A form's fields through the API's own model (one source of truth): the model, or a message per field."""
+    try:
+        return model.model_validate(data), {}
+    except ValidationError as exc:
+        errors: dict[str, str] = {}
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "form"
+            errors.setdefault(name, "unknown field" if error["type"] == "extra_forbidden" else error["msg"])
+        return None, errors

@@ -1,33 +1,42 @@
-"""One session's page (status, IDs, connection details, Stop); the full dashboard builds on it."""
+"""One session's page, the dashboard: status, idle clock, IDs, connection details, snapshots; Stop, Extend and
+Sync now for members. Charts and console read `streams.py`; what is computed for display is in `dashboard.py`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from berth.errors import InvalidInput
 from berth.schemas import Role, SessionView
 from berth.server.api.deps import Db
 from berth.server.services import access, sessions
 
+from . import dashboard, forms
 from .apps import APPS, POLL_S
 from .browser import CurrentBrowser, check_csrf
+from .streams import RANGES_S
 from .templates import render
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(check_csrf)])
 
 
-def live_key(view: SessionView) -> str:
+def live_key(view: SessionView, clock: dashboard.IdleClock | None, snapshots: int) -> str:
     """What the live part of the page shows: the page polls with it and gets 204 (nothing to swap) until it
     changes, so a revealed password stays revealed while nothing changed."""
-    return f"{view.status.value}:{int(view.idle_seconds // 60)}:{bool(view.ssh)}"
+    alive = ",".join(view.kept_alive_by or [])
+    return f"{view.status.value}:{int(view.idle_seconds // 60)}:{bool(view.ssh)}:{clock and clock.key}:{snapshots}:{alive}"
 
 
 async def _context(db, browser, session_id: str) -> dict:
     row = await access.session_for_user(db, browser.user, session_id)
     view = await sessions.view(db, row)
     role = await access.role_in(db, browser.user, row.project_id)
+    clock = dashboard.idle_clock(view)
+    snapshots = await dashboard.snapshots(db, browser.user, row.id)
     return {"browser": browser, "view": view, "info": APPS[view.app], "may_stop": role is not None and role.rank >= Role.member.rank,
-            "live_key": live_key(view), "poll_s": POLL_S}
+            "live_key": live_key(view, clock, len(snapshots)), "poll_s": POLL_S, "clock": clock, "snapshots": snapshots,
+            "vscode_url": dashboard.vscode_url(view), "extend_hours": dashboard.EXTEND_HOURS, "ranges": list(RANGES_S),
+            "size": dashboard.size}
 
 
 @router.get("/sessions/{session_id}")
@@ -49,3 +58,29 @@ async def stop(session_id: str, db: Db, browser: CurrentBrowser) -> Response:
     row = await access.session_for_user(db, browser.user, session_id, Role.member)
     await sessions.request_stop(db, row, f"requested by {browser.user.username} (web)")
     return RedirectResponse(f"/sessions/{row.id}", status_code=303)
+
+
+@router.post("/sessions/{session_id}/extend")
+async def extend(request: Request, session_id: str, db: Db, browser: CurrentBrowser) -> Response:
+    row = await access.session_for_user(db, browser.user, session_id, Role.member)
+    hours = _hours((await forms.fields(request)).get("hours", ""))
+    await sessions.extend(db, row, hours, f"{browser.user.username} (web)")
+    return RedirectResponse(f"/sessions/{row.id}", status_code=303)
+
+
+@router.post("/sessions/{session_id}/sync")
+async def sync_now(session_id: str, db: Db, browser: CurrentBrowser) -> Response:
+    row = await access.session_for_user(db, browser.user, session_id, Role.member)
+    await sessions.request_sync(db, row, f"{browser.user.username} (web)")
+    return RedirectResponse(f"/sessions/{row.id}", status_code=303)
+
+
+def _hours(text: str) -> float:
+    """The API's rule (ExtendRequest.hours: more than 0, at most a year), with the field named."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise InvalidInput("hours: a number of hours, e.g. 4", field="hours") from None
+    if not 0 < hours <= 24 * 365:
+        raise InvalidInput("hours: more than 0 and at most 8760 (a year)", field="hours")
+    return hours

@@ -59,3 +59,22 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
   }
 });
+
+// Launch form: Import Configuration reads the chosen file here and posts its text for a preview (nothing is
+// launched); the queue warning follows the queue chosen.
+document.addEventListener("change", (event) => {
+  const picker = event.target.closest("[data-import-file]");
+  if (picker && picker.files.length) {
+    const form = picker.form;
+    picker.files[0].text().then((text) => {
+      form.elements.document.value = text;
+      form.submit();
+    });
+    return;
+  }
+  const queue = event.target.closest("[data-queue-select]");
+  if (queue) {
+    const warning = document.getElementById("queue-warning");
+    if (warning) warning.hidden = queue.selectedOptions[0].dataset.workers !== "0";
+  }
+});
