@@ -8,7 +8,11 @@ two projects' worth of names). Timed from this process over a kept-alive loopbac
 a time: the instance list (first page, 25 rows, and a filtered page of 100), its live rows fragment, and the
 instance page; the reference is `GET /api/v1/sessions?limit=25` (what `berth sessions list` asks for) on the
 same data in the same run. Targets (issue #9): list p95 <= 50 ms, instance page p95 <= 50 ms.
-The browser-side figures (chart drawing, console latency) are measured by the browser tests of the dashboard.
+Console latency: this process plays a worker (registers with the agent token, heartbeats, claims the session)
+and posts console lines with the session's token, one at a time; timed until the line arrives on the dashboard's
+event stream (`/sessions/{id}/console/stream`, as the open page gets it), next to the API's long poll
+(`GET /sessions/{id}/events?wait=20`, what `berth sessions logs --follow` uses). Target: within 1 s.
+Chart drawing is measured in the page by tests/browser/test_dashboard.py.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -72,6 +78,65 @@ def timed(http: httpx.Client, path: str, runs: int) -> list[float]:
     return out
 
 
+class Worker:
+    """This process as the session's worker: registered, heartbeating (else the reaper fails the session)."""
+
+    def __init__(self, stack: Stack):
+        self.url = stack.url
+        reg = stack.api("POST", "/api/v1/workers/register", token=stack.agent_token, json={
+            "name": "bench-worker", "hostname": "bench", "queues": ["default"], "cpus": 1, "memory_bytes": 1 << 30,
+            "run_as": "root", "is_root": True})
+        self.id, self.token = reg["worker_id"], reg["token"]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                httpx.post(f"{self.url}/api/v1/workers/{self.id}/heartbeat", headers={"Authorization": f"Bearer {self.token}"},
+                           timeout=5)
+            except httpx.HTTPError:
+                pass
+
+    def claim(self) -> tuple[str, str]:
+        r = httpx.post(f"{self.url}/api/v1/workers/{self.id}/claim", params={"wait": 10},
+                       headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        r.raise_for_status()
+        return r.json()["session_id"], r.json()["session_token"]
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+
+def console_latency(url: str, session_id: str, session_token: str, follow, runs: int) -> list[float]:
+    """ms from posting a console line (as the supervisor) until `follow` (a generator of received text) shows it."""
+    out = []
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {session_token}"}) as supervisor:
+        for _ in range(runs):
+            marker = f"bench-line-{uuid.uuid4().hex}"
+            seen = threading.Event()
+
+            def watch() -> None:
+                for text in follow():
+                    if marker in text:
+                        seen.set()
+                        return
+
+            reader = threading.Thread(target=watch, daemon=True)
+            reader.start()
+            time.sleep(0.05)  # the reader is waiting before the line is posted
+            t0 = time.perf_counter()
+            supervisor.post(f"/api/v1/sessions/{session_id}/supervisor/events",
+                            json=[{"message": marker}]).raise_for_status()
+            if not seen.wait(10):
+                raise SystemExit("a console line did not arrive within 10 s")
+            out.append((time.perf_counter() - t0) * 1000)
+            reader.join(30)
+    return out
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1]
 
@@ -91,6 +156,9 @@ def main() -> None:
         stack.login()
         launched = stack.api("POST", "/api/v1/sessions", json={"app": "ssh-session", "config": {"name": "bench-source"}})
         source = launched["id"]
+        worker = Worker(stack)
+        claimed, session_token = worker.claim()
+        assert claimed == source
         t0 = time.perf_counter()
         fill(stack, source, args.sessions)
         filled = time.perf_counter() - t0
@@ -106,9 +174,26 @@ def main() -> None:
             rows.append(("web: live rows fragment (htmx poll)", timed(web, "/apps/ssh-session/rows", args.requests)))
             rows.append(("web: instance page", timed(web, f"/sessions/{source}", args.requests)))
             rows.append(("reference: API list, limit 25", timed(api, "/api/v1/sessions?limit=25", args.requests)))
+            (last,), = stack.sql(f"SELECT max(id) FROM session_events WHERE session_id = '{source}'")
+
+            def page_stream():
+                with web.stream("GET", f"/sessions/{source}/console/stream", params={"after": last or 0}) as r:
+                    yield from r.iter_text()
+
+            def api_poll():
+                after = last or 0
+                while True:
+                    events = api.get(f"/api/v1/sessions/{source}/events", params={"after": after, "wait": 20}).json()
+                    for event in events:
+                        after = max(after, event["id"])
+                        yield event["message"]
+
+            latency = [("console line -> open page (SSE)", console_latency(stack.url, source, session_token, page_stream, 20)),
+                       ("reference: API long poll (logs --follow)", console_latency(stack.url, source, session_token, api_poll, 20))]
         finally:
             web.close()
             api.close()
+            worker.stop()
     finally:
         stack.stop()
         if not os.environ.get("BERTH_BENCH_KEEP"):
@@ -120,8 +205,15 @@ def main() -> None:
     for name, values in rows:
         print(f"  {name:42s} p50 {statistics.median(values):6.1f} ms  p95 {p95(values):6.1f} ms  "
               f"({statistics.median(values) / reference:.2f}x the API's p50)")
-    worst = max(p95(v) for name, v in rows if name.startswith("web"))
-    print(f"target: every page p95 <= 50 ms: {'ok' if worst <= 50 else 'OVER TARGET'} (worst {worst:.1f} ms)")
+    targeted = {"web: instance list, page 1 (25 rows)", "web: instance page"}  # the issue's two figures
+    worst = max(p95(v) for name, v in rows if name in targeted)
+    print(f"target: instance list and instance page p95 <= 50 ms: {'ok' if worst <= 50 else 'OVER TARGET'} "
+          f"(worst {worst:.1f} ms)")
+    for name, values in latency:
+        print(f"  {name:42s} p50 {statistics.median(values):6.1f} ms  p95 {p95(values):6.1f} ms  max {max(values):6.1f} ms")
+    slowest = max(latency[0][1])
+    print(f"target: a console line on the open page within 1 s: {'ok' if slowest <= 1000 else 'OVER TARGET'} "
+          f"(slowest {slowest:.0f} ms)")
 
 
 if __name__ == "__main__":
