@@ -1,5 +1,5 @@
 """The instance dashboard of a session a real agent runs: console lines stream in live (as text), chart points
-appear, Extend moves the idle clock, Sync now adds a snapshot row; a viewer sees no buttons and its forged
+appear, Extend moves the idle clock, Sync now adds a snapshot row (its Download link gives a tar); a viewer sees no buttons and its forged
 POSTs are refused; an outsider gets 404 for the page, the charts' JSON and the console stream."""
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def test_the_dashboard_streams_the_console_draws_charts_extends_and_syncs(browse
     w.page.click("#sync-now")
     expect(rows).to_have_count(count + 1, timeout=60_000)
     expect(rows.first).to_contain_text("berth workspaces download")
+    with w.page.expect_download() as download:  # the Download link: the snapshot as a tar
+        rows.first.locator("a[download]").click()
+    assert re.fullmatch(r"dash-dev-\w+\.tar", download.value.suggested_filename), download.value.suggested_filename
     # four charts of 3,600 points, drawn in the page
     ms = w.page.evaluate("window.berthDashboard.benchmark(3600)")
     print(f"\nfour charts of 3,600 points drawn in {ms:.1f} ms")

@@ -1,15 +1,17 @@
-"""One session's page, the dashboard: status, idle clock, IDs, connection details, snapshots; Stop, Extend and
-Sync now for members. Charts and console read `streams.py`; what is computed for display is in `dashboard.py`."""
+"""One session's page, the dashboard: status, idle clock, IDs, connection details, snapshots (each a tar download);
+Stop, Extend and Sync now for members. Charts and console read `streams.py`; what is computed for display is in `dashboard.py`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
 from berth.schemas import Role, SessionView
 from berth.server.api.deps import Db
-from berth.server.services import access, sessions
+from berth.server.api.workspaces import tar_response, workspace_store
+from berth.server.services import access, sessions, snapshot_tar
+from berth.server.services.access import Principal
 
 from . import dashboard, forms
 from .apps import APPS, POLL_S
@@ -51,6 +53,16 @@ async def instance_live(request: Request, session_id: str, db: Db, browser: Curr
     if known == context["live_key"]:
         return Response(status_code=204)
     return render(request, "_instance_live.html", context)
+
+
+@router.get("/sessions/{session_id}/snapshots/{snapshot_id}/download")
+async def download_snapshot(request: Request, session_id: str, snapshot_id: str, db: Db, browser: CurrentBrowser) -> Response:
+    """The snapshot as a tar, by the API's rule (project viewers may download); another session's snapshot under
+    this session's URL is answered as a missing one."""
+    snap = await access.readable_snapshot(db, Principal(kind="user", user=browser.user), snapshot_id)
+    if snap.session_id != session_id:
+        raise NotFound(f"no snapshot {snapshot_id!r}")
+    return tar_response(await snapshot_tar.snapshot_tar(db, workspace_store(request), snap))
 
 
 @router.post("/sessions/{session_id}/stop")
