@@ -15,9 +15,11 @@ from berth.errors import InvalidInput
 from berth.schemas import App
 
 from .common import CONFIG_SCHEMA_VERSION, CommonConfig
+from .remote_desktop import RemoteDesktopConfig
 from .ssh_session import SshSessionConfig
 
-CONFIG_MODELS: dict[App, type[CommonConfig]] = {App.ssh_session: SshSessionConfig}
+CONFIG_MODELS: dict[App, type[CommonConfig]] = {App.ssh_session: SshSessionConfig,
+                                                 App.remote_desktop: RemoteDesktopConfig}
 
 
 def config_model(app: App | str) -> type[CommonConfig]:
@@ -106,5 +108,5 @@ def parse_document(doc: Any, app: App | str | None = None) -> tuple[App, CommonC
     return doc_app, validate_config(doc_app, config, prefix="" if bare else "config")
 
 
-__all__ = ["CONFIG_MODELS", "CommonConfig", "SshSessionConfig", "config_model", "validate_config", "export_document",
-           "parse_document", "document_config", "config_errors", "invalid_from_validation", "EXPECTED_SHAPES"]
+__all__ = ["CONFIG_MODELS", "CommonConfig", "SshSessionConfig", "RemoteDesktopConfig", "config_model", "validate_config",
+           "export_document", "parse_document", "document_config", "config_errors", "invalid_from_validation", "EXPECTED_SHAPES"]

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from berth.fields import Line, Name, WireModel
+from berth.fields import Line, Name, WireModel, check_line
 from berth.schemas import App
 
 CONFIG_SCHEMA_VERSION = 1
@@ -59,3 +59,24 @@ class CommonConfig(WireModel):  # numbers are finite (WireModel); names are one 
     @classmethod
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
+
+
+WORKSPACE_HELP = "Persistent workspace path inside the session's home: relative to it, or ~/…"
+
+
+def check_workspace(value: str) -> str:
+    """The persistent workspace of every app: inside the session's home, always, stored as ``~`` or ``~/a/b``
+    (relative paths are relative to the home)."""
+    value = check_line(value.strip())
+    if not value:
+        raise ValueError("must not be empty (e.g. ~/workspace)")
+    if value.startswith("/"):
+        raise ValueError("must be inside the session's home: a relative path or ~/… (absolute paths are not allowed)")
+    parts = value.split("/")
+    if parts[0].startswith("~"):
+        if parts[0] != "~":
+            raise ValueError("only ~ (the session's home) may start the path")
+        parts = parts[1:]
+    if ".." in parts:
+        raise ValueError("must not contain '..' (the workspace stays inside the session's home)")
+    return "/".join(["~", *(p for p in parts if p not in ("", "."))])

@@ -12,10 +12,10 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from berth.fields import Line, Text, check_line
+from berth.fields import Line, Text
 from berth.schemas import App
 
-from .common import CommonConfig
+from .common import WORKSPACE_HELP, CommonConfig, check_workspace
 
 # Dashboard items of the seed, in its order (rendered by the web UI and `sessions show`).
 DASHBOARD_FIELDS = (
@@ -77,7 +77,7 @@ class SshSessionConfig(CommonConfig):
     packages: list[Annotated[Line, Field(max_length=1024)]] = Field(default_factory=list, max_length=1000,
                                                                     description="Extra Python packages, pip requirement syntax")
     workspace: str = Field("~/workspace", min_length=1, max_length=1024,
-                           description="Persistent workspace path inside the session's home: relative to it, or ~/…")
+                           description=WORKSPACE_HELP)
     dropbear: bool = Field(False, description="Use Dropbear instead of OpenSSH (required when not root)")
     sync_minutes: float | None = Field(None, gt=0, le=24 * 60, description="Minutes between workspace syncs (agent default: 10)")
     workspace_excludes: list[Annotated[Line, Field(max_length=1024)]] = Field(
@@ -144,17 +144,4 @@ class SshSessionConfig(CommonConfig):
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
-        """Inside the session's home, always: stored as ``~`` or ``~/a/b`` (relative paths are relative to the home)."""
-        value = check_line(value.strip())
-        if not value:
-            raise ValueError("must not be empty (e.g. ~/workspace)")
-        if value.startswith("/"):
-            raise ValueError("must be inside the session's home: a relative path or ~/… (absolute paths are not allowed)")
-        parts = value.split("/")
-        if parts[0].startswith("~"):
-            if parts[0] != "~":
-                raise ValueError("only ~ (the session's home) may start the path")
-            parts = parts[1:]
-        if ".." in parts:
-            raise ValueError("must not contain '..' (the workspace stays inside the session's home)")
-        return "/".join(["~", *(p for p in parts if p not in ("", "."))])
+        return check_workspace(value)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from berth.apps import parse_document
+from berth.apps.remote_desktop import env_pairs
 from berth.client import BerthClient
 from berth.errors import InvalidInput
 from berth.schemas import App, LaunchRequest, SessionStatus, SessionView
@@ -135,3 +136,40 @@ def ssh_session(
 
     config, secrets = guard(build)
     do_launch(App.ssh_session, config, secrets, wait, as_json, quiet)
+
+
+@app.command("remote-desktop")
+def remote_desktop(
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Configuration JSON (as written by `sessions export`); flags override it"),
+    name: Optional[str] = typer.Option(None, help="Application session name"),
+    kind: Optional[str] = typer.Option(None, "--type", metavar="<desktop|ssh>",
+                                       help="desktop: a remote desktop in the browser (default); ssh: SSH access"),
+    project: Optional[str] = typer.Option(None, help="Project (default 'Interactive Session')"),
+    tags: Optional[str] = typer.Option(None, help="Comma separated tags"),
+    queue: Optional[str] = typer.Option(None, help="Queue (default 'default')"),
+    max_idle_hours: Optional[float] = typer.Option(None, help="Idle time limit in hours"),
+    env: Optional[list[str]] = typer.Option(None, "--env", metavar="<KEY=VALUE>",
+                                            help="Environment variable set in the session (repeatable)"),
+    workspace: Optional[str] = typer.Option(None, help="Persistent workspace path (default ~/workspace)"),
+    restore_session: Optional[str] = typer.Option(None, help="Restore the workspace of this session ID"),
+    idle_network_mb: Optional[float] = typer.Option(None, help="Idle network threshold (MB/s)"),
+    idle_cpu: Optional[float] = typer.Option(None, help="Idle CPU threshold (%)"),
+    idle_gpu: Optional[float] = typer.Option(None, help="Idle GPU threshold (%)"),
+    wait: bool = typer.Option(False, "--wait", help="Return when the session is ready (exit 0) or failed (exit 1)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the session as one JSON document"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print console lines while waiting"),
+) -> None:
+    """Launch a Remote Desktop: a graphical desktop in the browser, or SSH access."""
+
+    def build() -> dict:
+        config = load_config_file(config_file, App.remote_desktop)
+        config.update(common_overrides(name, project, tags, queue, max_idle_hours, restore_session, idle_network_mb, idle_cpu, idle_gpu))
+        config.update({k: v for k, v in {"type": kind, "workspace": workspace}.items() if v is not None})
+        if env:  # each --env sets one variable over the file's (the server checks names and values)
+            try:
+                config["env"] = {**config.get("env", {}), **env_pairs(env)}
+            except ValueError as exc:
+                raise InvalidInput(f"--env: {exc}", field="env") from None
+        return config
+
+    do_launch(App.remote_desktop, guard(build), {}, wait, as_json, quiet)

@@ -20,9 +20,16 @@ _ADVANCED = "Advanced Options"
 class FormField:
     name: str
     label: str
-    kind: str  # text | textarea | number | checkbox | list | lines | queue
+    kind: str  # text | textarea | number | checkbox | list | lines | queue | choice
     help: str
     optional: bool
+    choices: tuple[tuple[str, str], ...] = ()  # (value, label) of a choice
+
+
+def _choices(info) -> tuple[tuple[str, str], ...]:
+    """A field with a fixed set of values names them, labelled, in `json_schema_extra["choices"]`."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return tuple((str(k), str(v)) for k, v in (extra.get("choices") or {}).items())
 
 
 @dataclass
@@ -38,6 +45,10 @@ def _kind(name: str, info) -> str:
         return "queue"
     if info.annotation is bool:
         return "checkbox"
+    if _choices(info):
+        return "choice"
+    if annotation.startswith("dict"):  # KEY=VALUE, one a line
+        return "lines"
     if "float" in annotation or "int" in annotation:
         return "number"
     if annotation.startswith("list"):
@@ -54,7 +65,7 @@ def groups(model: type[CommonConfig]) -> list[Group]:
         for name, label in members:
             info = fields[name]
             group.fields.append(FormField(name, label, _kind(name, info), (info.description or "").replace("%%", "%"),
-                                          not info.is_required() and info.default is None))
+                                          not info.is_required() and info.default is None, _choices(info)))
             placed.add(name)
         out.append(group)
     rest = [n for n in fields if n not in placed]
@@ -65,7 +76,7 @@ def groups(model: type[CommonConfig]) -> list[Group]:
         for name in rest:
             info = fields[name]
             advanced.fields.append(FormField(name, name.replace("_", " ").capitalize(), _kind(name, info),
-                                             info.description or "", info.default is None))
+                                             info.description or "", info.default is None, _choices(info)))
     return out
 
 
@@ -89,6 +100,8 @@ def to_form(model: type[CommonConfig], config: dict[str, Any]) -> dict[str, Any]
                 values[name] = ", ".join(value)
             else:  # packages are split per line with shell quoting: quote what needs it to come back the same
                 values[name] = "\n".join(shlex.quote(v) if name == "packages" else v for v in value)
+        elif isinstance(value, dict):  # env: KEY=VALUE lines, parsed back by the model
+            values[name] = "\n".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values[name] = _number(value)
         else:
