@@ -58,6 +58,13 @@ class ServerSettings(BaseSettings):
     web_session_hours: float = Field(12.0, gt=0, le=24 * 365, description="A browser login lasts this long (hours); logging out ends it sooner.")
     web_cookie_secure: bool = Field(False, description="Mark the browser's session cookie Secure even when the request looks like plain "
                                     "http (a TLS proxy that is not in BERTH_TRUSTED_PROXIES); under https it is Secure anyway.")
+    replica_name: str | None = Field(None, description="This server process's name among replicas, recorded with each agent tunnel it holds "
+                                     "(so another replica can find which one serves a worker); hostname:pid when unset.")
+    gateway_cookie_minutes: float = Field(60.0, gt=0, le=24 * 60, description="How long a session-scoped gateway cookie (set when a browser "
+                                          "opens a session's shareable link) stays valid; a new one is set on the next visit of the link.")
+    gateway_origins: list[str] = Field(default_factory=list, description="Origins besides the server's own (public_url, Host) allowed to open "
+                                       "gateway WebSockets with a cookie (JSON list of scheme://host[:port]).")
+    tunnel_open_timeout_s: float = Field(15.0, gt=0, description="How long the gateway waits for an agent to open a stream to a session.")
     web_assets_dir: Path | None = Field(None, description="The node_modules directory the web pages' scripts and styles (htmx, uPlot, "
                                         "xterm.js, noVNC) are served from; the checkout's node_modules when unset (scripts/setup.sh).")
 
@@ -82,6 +89,8 @@ class AgentSettings(BaseSettings):
     advertise_host: str | None = Field(None, description="Host name users connect to for SSH; the address used to reach the server when unset.")
     bind_host: str = Field("0.0.0.0", description="Address per-session SSH servers listen on.")
     heartbeat_s: float = Field(5.0, description="Seconds between heartbeats.")
+    tunnel: bool = Field(True, description="Keep an outbound tunnel to the server, so the gateway reaches this worker's sessions without any inbound route.")
+    tunnel_backoff_max_s: float = Field(15.0, gt=0, description="Longest wait between two attempts to reconnect the tunnel (the wait doubles from 0.25 s).")
     python: str = Field("/usr/bin/python3", description="Python used for session virtual environments (must be readable by session users).")
     sync_minutes: float = Field(10.0, description="Minutes between periodic workspace syncs (a session's config may override).")
     metrics_sample_s: float = Field(2.0, gt=0, description="Seconds between samples of each session's CPU, memory, disk, network and GPU use.")

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from berth.agent.apps import AgentApp, SessionRuntime, get_agent_app
 from berth.agent.backends import SessionBackend, SessionHost, get_backend
 from berth.agent.console import Console
+from berth.agent.session_services import clear_services, write_services
 from berth.agent.session_files import PID_FILE, SECRETS_FILE, read_session_files
 from berth.agent.signal_defaults import undo_inherited_signal_ignores
 from berth.agent.sync import WorkspaceSync
@@ -151,7 +152,8 @@ class Supervisor:
         raise SetupFailed(f"setup did not finish within {self.ctx.setup_timeout_s:g} s")
 
     async def go_live(self, endpoints: Endpoints) -> None:
-        """Report the app's endpoints, then start syncing and watching."""
+        """Publish the app's services to the tunnel, report its endpoints, then start syncing and watching."""
+        write_services(self.dir, self.app.services())
         await self.report(SessionStatus.active, endpoints=endpoints)
         self.start_watchdog()
         if self.workspace_sync is not None:
@@ -258,6 +260,7 @@ class Supervisor:
         c = self.console
         for task in self.background:
             task.cancel()
+        clear_services(self.dir)  # the tunnel stops opening streams to it before its servers go
         if self.app is not None:
             try:
                 await self.app.stop()

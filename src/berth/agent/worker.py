@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from berth.agent.tunnel import AgentTunnel
 from berth.client import BerthClient
 from berth.errors import BerthError, ServerUnavailable, Unauthorized
 from berth.private_files import ensure_private_dir, open_private, tighten
@@ -76,6 +77,8 @@ class Agent:
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = asyncio.Event()
         self.zygote: subprocess.Popen | None = None
+        self.worker_token = ""
+        self.tunnel: AgentTunnel | None = None
 
     # --- identity ---------------------------------------------------------------------------
     def _load_identity(self) -> dict:
@@ -133,6 +136,7 @@ class Agent:
         self.worker_id = registered.worker_id
         self._save_identity(registered.worker_id, registered.token)
         self.client = BerthClient(s.server, registered.token)
+        self.worker_token = registered.token
         log.info("registered as worker %s (%s) on queues %s", info.name, self.worker_id, ", ".join(s.queues))
 
     # --- sessions ---------------------------------------------------------------------------
@@ -255,6 +259,10 @@ class Agent:
             loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.claim_loop()),
                  asyncio.create_task(self.host_metrics_loop(self.settings.host_metrics_sample_s, self.settings.host_metrics_post_s))]
+        if self.settings.tunnel:
+            self.tunnel = AgentTunnel(self.settings.server, self.worker_id, lambda: self.worker_token, self.sessions_dir,
+                                      backoff_max_s=self.settings.tunnel_backoff_max_s)
+            tasks.append(asyncio.create_task(self.tunnel.run(self.stopping)))
         await self.stopping.wait()
         log.info("agent stopping; running sessions keep running and are re-adopted at the next start")
         for task in tasks:

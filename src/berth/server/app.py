@@ -17,6 +17,9 @@ from berth.settings import ServerSettings
 
 from . import datadir, prometheus, web
 from .limits import RequestLimits
+from .gateway.tunnels import TunnelRegistry, default_replica_name
+from .gateway.routes import router as gateway_router
+from .gateway.tunnels import router as tunnel_router
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
 from .services import accounts, workers
@@ -63,6 +66,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.tunnels.close_all()
             for task in (reaper, retention):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -73,6 +77,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                   description="Self-hosted interactive remote sessions: SSH dev environments and remote desktops.")
     app.state.settings = settings
     app.state.notifier = Notifier()
+    app.state.tunnels = TunnelRegistry(settings.replica_name or default_replica_name())
     prometheus.install(app)
     app.add_middleware(RequestLimits, settings=settings)  # body size and URL checks, before any route
 
@@ -98,7 +103,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from .api import auth, metrics as metrics_api, projects, sessions, workers as workers_api, workspaces as workspaces_api
 
     for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router,
-                   metrics_api.router, metrics_api.prometheus_router, workspaces_api.router):
+                   metrics_api.router, metrics_api.prometheus_router, workspaces_api.router, tunnel_router,
+                   gateway_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["meta"])

@@ -15,6 +15,8 @@ Optional methods (the defaults suit an app without them):
     ``down_reason()``      None while the app serves, else why it stopped serving (checked while the session runs)
     ``activity_ports()``   ports where bytes from a connected user count as typing, for idle detection
     ``notify_users(text)`` write a line to every connected user (idle warnings); returns how many were reached
+    ``services()``         what the gateway may reach through the agent tunnel, by name (``ssh``, ``vnc``, ``http``):
+                           loopback ports or unix sockets inside the worker; clients only ever name them
 
 ``prepare()`` may start servers early when nothing it still has to do can change them (``start()`` then only
 waits for them): the SSH app does so when there is no init script, which saves a second of launch time.
@@ -31,6 +33,7 @@ from typing import Any, ClassVar
 
 from berth.agent.backends import SessionBackend, SessionHost
 from berth.agent.context import SupervisorContext
+from berth.agent.session_services import Service
 from berth.apps import CommonConfig, config_model
 from berth.errors import SetupFailed
 from berth.schemas import App, Assignment, Endpoints
@@ -110,3 +113,6 @@ class AgentApp(abc.ABC):
 
     def notify_users(self, text: str) -> int:
         return 0
+
+    def services(self) -> dict[str, Service]:
+        return {}

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from berth.agent.login_files import session_env
+from berth.agent.session_services import Service
 from berth.agent.setup.git import clone_git
 from berth.agent.setup.init_script import run_init_script
 from berth.agent.setup.python_env import create_venv, install_packages
@@ -121,6 +122,15 @@ class SshSessionApp(AgentApp):
 
     def notify_users(self, text: str) -> int:
         return self.server.notify_terminals(text) if self.server is not None else 0
+
+    def services(self) -> dict[str, Service]:
+        return {"ssh": ssh_service(self.server, self.runtime.context.bind_host)} if self.server is not None else {}
+
+
+def ssh_service(server: SshServer, bind_host: str) -> Service:
+    """The SSH server as the tunnel reaches it: on loopback when it listens on every address."""
+    host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+    return Service(protocol="ssh", host=host, port=server.port)
 
 
 async def _all(*steps) -> None:

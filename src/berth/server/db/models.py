@@ -108,6 +108,9 @@ class Worker(Base):
     token_hash: Mapped[str] = mapped_column(String(64), index=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Which server process holds this worker's tunnel (ServerSettings.replica_name), so any replica can find it.
+    tunnel_replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    tunnel_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Session(Base):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -32,6 +33,11 @@ class SecretBox:
     def __init__(self, key_material: str | bytes):
         material = key_material.encode() if isinstance(key_material, str) else key_material
         self._aead = AESGCM(hashlib.sha256(b"berth-secret-box\0" + material).digest())
+        self._mac_key = hashlib.sha256(b"berth-mac\0" + material).digest()
+
+    def mac(self, purpose: str, message: str) -> str:
+        """A signature of `message` for one `purpose` (e.g. gateway cookies), the same on every replica."""
+        return hmac.new(self._mac_key, f"{purpose}\0{message}".encode(), hashlib.sha256).hexdigest()
 
     @classmethod
     def from_settings(cls, secret_key: str | None, data_dir: Path) -> SecretBox:

@@ -1,0 +1,24 @@
+"""worker tunnels: which server replica holds each agent's tunnel, and since when
+
+Revision ID: 0009
+Revises: 0008
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = '0009'
+down_revision = '0008'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('workers') as batch:
+        batch.add_column(sa.Column('tunnel_replica', sa.String(length=128), nullable=True))
+        batch.add_column(sa.Column('tunnel_since', sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('workers') as batch:
+        batch.drop_column('tunnel_since')
+        batch.drop_column('tunnel_replica')

@@ -1,0 +1,50 @@
+"""Gateway routes under /s/<session-id>/: a session's services through its worker's tunnel.
+
+Every request is authenticated here (WebSocket upgrades included) and authorized by the session's project;
+targets are service NAMES the agent resolves, never a host or port from the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from berth.errors import BerthError, NotFound
+from berth.server.services import gateway_access
+
+from .websockets import check_origin, join, refuse
+
+log = logging.getLogger("berth.gateway")
+router = APIRouter(tags=["gateway"], include_in_schema=False)
+
+# Services a client may name, and the raw-bytes WebSocket path of each.
+RAW_SERVICES = {"vnc": "vnc", "ssh": "ssh"}
+
+
+async def open_service_stream(websocket: WebSocket, session_id: str, service: str):
+    """Authenticate, authorize and open a stream to the session's `service` (raises BerthError)."""
+    check_origin(websocket)
+    creds = gateway_access.credentials(websocket.headers, websocket.cookies,
+                                       websocket.scope.get("subprotocols") or [])
+    settings = websocket.app.state.settings
+    async with websocket.app.state.sessionmaker() as db:
+        user = await gateway_access.user_of(db, creds, session_id)
+        _row, worker = await gateway_access.reachable_session(db, user, session_id)
+        await db.commit()
+    log.info("gateway: %s opens %s of session %s", user.username, service, session_id)
+    return await websocket.app.state.tunnels.open(worker, session_id, service, timeout=settings.tunnel_open_timeout_s)
+
+
+@router.websocket("/s/{session_id}/{service}")
+async def raw_service(websocket: WebSocket, session_id: str, service: str) -> None:
+    """A session's VNC (RFB) or SSH bytes as binary WebSocket messages: noVNC, `berth ssh`'s ProxyCommand, programs."""
+    try:
+        if service not in RAW_SERVICES:
+            raise NotFound(f"no such gateway path: /s/{session_id}/{service}")
+        stream = await open_service_stream(websocket, session_id, RAW_SERVICES[service])
+    except BerthError as exc:
+        await refuse(websocket, exc)
+        return
+    await websocket.accept(subprotocol=gateway_access.accepted_subprotocol(websocket.scope.get("subprotocols") or []))
+    await join(websocket, stream)
