@@ -100,7 +100,7 @@ class Stack:
     # --- processes ---------------------------------------------------------------------------
     def start_server(self) -> None:
         env = dict(os.environ, BERTH_ADMIN_PASSWORD=ADMIN_PASSWORD, BERTH_AGENT_TOKEN=self.agent_token,
-                   BERTH_HEARTBEAT_TIMEOUT_S="6", BERTH_REAPER_INTERVAL_S="1")
+                   BERTH_HEARTBEAT_TIMEOUT_S="6", BERTH_REAPER_INTERVAL_S="1", BERTH_REPLICA_URL=self.url)
         if self.database_url:
             env["BERTH_DATABASE_URL"] = self.database_url
         self.server_log = open(self.tmp / "server.log", "ab")

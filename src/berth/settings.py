@@ -60,6 +60,9 @@ class ServerSettings(BaseSettings):
                                     "http (a TLS proxy that is not in BERTH_TRUSTED_PROXIES); under https it is Secure anyway.")
     replica_name: str | None = Field(None, description="This server process's name among replicas, recorded with each agent tunnel it holds "
                                      "(so another replica can find which one serves a worker); hostname:pid when unset.")
+    replica_url: str | None = Field(None, description="URL the other server replicas reach this one at (e.g. http://10.0.0.5:8470), so a "
+                                    "gateway request that lands on another replica is forwarded to the one holding the worker's "
+                                    "tunnel; unset: such a request is answered 503 naming the replica that holds it.")
     gateway_cookie_minutes: float = Field(60.0, gt=0, le=24 * 60, description="How long a session-scoped gateway cookie (set when a browser "
                                           "opens a session's shareable link) stays valid; a new one is set on the next visit of the link.")
     gateway_origins: list[str] = Field(default_factory=list, description="Origins besides the server's own (public_url, Host) allowed to open "

@@ -18,6 +18,7 @@ from berth.settings import ServerSettings
 from . import datadir, prometheus, web
 from .limits import RequestLimits
 from .gateway.tunnels import TunnelRegistry, default_replica_name
+from .gateway.replicas import router as replica_router
 from .gateway.routes import router as gateway_router
 from .gateway.tunnels import router as tunnel_router
 from .db.engine import make_engine, migrate, sessionmaker
@@ -53,6 +54,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await migrate(engine)
         secret_box = SecretBox.from_settings(settings.secret_key.get_secret_value() if settings.secret_key else None,
                                              settings.data_dir)
+        app.state.tunnels.box = secret_box  # signs gateway hops between replicas
         # services reach both through db.info: sealing secrets, waking long polls after a commit
         app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box, "notifier": app.state.notifier})
         async with app.state.sessionmaker() as db:
@@ -77,7 +79,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                   description="Self-hosted interactive remote sessions: SSH dev environments and remote desktops.")
     app.state.settings = settings
     app.state.notifier = Notifier()
-    app.state.tunnels = TunnelRegistry(settings.replica_name or default_replica_name())
+    app.state.tunnels = TunnelRegistry(settings.replica_name or default_replica_name(), settings.replica_url)
     prometheus.install(app)
     app.add_middleware(RequestLimits, settings=settings)  # body size and URL checks, before any route
 
@@ -103,7 +105,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from .api import auth, metrics as metrics_api, projects, sessions, workers as workers_api, workspaces as workspaces_api
 
     for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router,
-                   metrics_api.router, metrics_api.prometheus_router, workspaces_api.router, tunnel_router,
+                   metrics_api.router, metrics_api.prometheus_router, workspaces_api.router, tunnel_router, replica_router,
                    gateway_router):
         app.include_router(router)
 

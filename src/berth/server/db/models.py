@@ -111,6 +111,7 @@ class Worker(Base):
     # Which server process holds this worker's tunnel (ServerSettings.replica_name), so any replica can find it.
     tunnel_replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
     tunnel_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    tunnel_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # that replica's BERTH_REPLICA_URL
 
 
 class Session(Base):

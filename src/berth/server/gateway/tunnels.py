@@ -22,6 +22,8 @@ from berth.server.services import access
 from berth.server.services.accounts import authenticate
 from berth.tunnel.mux import Mux, Stream, StreamReset
 
+from .replicas import RemoteStream, open_remote
+
 log = logging.getLogger("berth.gateway")
 router = APIRouter(tags=["agents"])
 
@@ -33,8 +35,10 @@ def default_replica_name() -> str:
 class TunnelRegistry:
     """The tunnels this process holds, by worker id."""
 
-    def __init__(self, replica: str):
+    def __init__(self, replica: str, url: str | None = None):
         self.replica = replica
+        self.url = url            # where other replicas reach this one (BERTH_REPLICA_URL)
+        self.box = None           # the secret box, set at startup: signs hops between replicas
         self._muxes: dict[str, Mux] = {}
         self.changed = asyncio.Event()  # set whenever a tunnel comes or goes (tests wait on it)
 
@@ -56,13 +60,17 @@ class TunnelRegistry:
             return True
         return False
 
-    async def open(self, worker: Worker, session_id: str, service: str, timeout: float) -> Stream:
-        """A stream to `service` of `session_id` on `worker`; the agent maps the name to an address it knows."""
+    async def open(self, worker: Worker, session_id: str, service: str, timeout: float) -> Stream | RemoteStream:
+        """A stream to `service` of `session_id` on `worker`; the agent maps the name to an address it knows.
+        When another replica holds the tunnel, the stream goes through that replica."""
         mux = self.held(worker.id)
         if mux is None:
             if worker.tunnel_replica and worker.tunnel_replica != self.replica:
+                if worker.tunnel_url and self.box is not None:
+                    return await open_remote(self.box, worker.tunnel_url, worker.id, session_id, service, timeout)
                 raise ServerUnavailable(f"this session's worker is connected to another server replica "
-                                        f"({worker.tunnel_replica}); open the link through that replica")
+                                        f"({worker.tunnel_replica}) that has no BERTH_REPLICA_URL; open the link "
+                                        f"through that replica")
             raise ServerUnavailable("this session's worker is not connected (its tunnel is down); try again shortly")
         try:
             return await mux.open({"session": session_id, "service": service}, timeout=timeout)
@@ -79,7 +87,8 @@ async def _record(websocket: WebSocket, worker_id: str, replica: str | None, onl
         query = update(Worker).where(Worker.id == worker_id)
         if only_if is not None:
             query = query.where(Worker.tunnel_replica == only_if)
-        await db.execute(query.values(tunnel_replica=replica, tunnel_since=utcnow() if replica else None))
+        url = websocket.app.state.tunnels.url if replica else None
+        await db.execute(query.values(tunnel_replica=replica, tunnel_since=utcnow() if replica else None, tunnel_url=url))
         await db.commit()
 
 
