@@ -206,6 +206,8 @@ class WorkerView(BaseModel):
     gpus: list[dict[str, Any]]
     run_as: str
     last_heartbeat: datetime | None
+    tunnel_replica: str | None = Field(None, description="The server replica holding the agent's tunnel; null when the tunnel is down")
+    tunnel_since: datetime | None = None
 
 
 class Assignment(BaseModel):

@@ -27,6 +27,8 @@ def test_ssh_banner_through_the_tunnel(stack):
         assert banner.startswith(b"SSH-2.0-"), banner
     rows = stack.sql("select tunnel_replica from workers where status = 'online'")
     assert rows and all(r[0] for r in rows)
+    workers = stack.cli_json("workers", "list")
+    assert all(w["tunnel_replica"] and w["tunnel_since"] for w in workers if w["status"] == "online")
 
 
 def test_no_token_is_401_and_unknown_session_404(stack):

@@ -18,11 +18,12 @@ def list_workers(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json(views)
         return
     table = list_table()  # names, hosts, queues and GPU models are cut at 80 columns; figures are kept whole
-    for col in ("name", "status", "host", "queues", "cpus", "memory", "gpus", "heartbeat"):
+    for col in ("name", "status", "host", "queues", "cpus", "memory", "gpus", "heartbeat", "tunnel"):
         (text_column if col in ("name", "host", "queues", "gpus") else fixed_column)(table, col)
     for w in views:
         gpus = ", ".join(str(g.get("name") or g.get("index", "?")) for g in w.gpus) if w.gpus else "-"
         style = {"online": "green", "lost": "red"}.get(w.status.value, "dim")
         table.add_row(cut(w.name), f"[{style}]{w.status.value}[/{style}]", cut(w.hostname), cut(", ".join(w.queues)), str(w.cpus),
-                      f"{w.memory_bytes / 2**30:.1f} GiB", cut(gpus), ago(w.last_heartbeat))
+                      f"{w.memory_bytes / 2**30:.1f} GiB", cut(gpus), ago(w.last_heartbeat),
+                      "[green]up[/green]" if w.tunnel_replica else "[dim]down[/dim]")
     out.print(table, highlight=False)

@@ -95,7 +95,8 @@ async def claim(db: AsyncSession, worker: Worker, poll: notify.Poll) -> Assignme
 async def list_workers(db: AsyncSession) -> list[WorkerView]:
     rows = (await db.execute(select(Worker).order_by(Worker.name))).scalars()
     return [WorkerView(id=w.id, name=w.name, hostname=w.hostname, queues=w.queues, status=w.status, cpus=w.cpus,
-                       memory_bytes=w.memory_bytes, gpus=w.gpus, run_as=w.run_as, last_heartbeat=w.last_heartbeat) for w in rows]
+                       memory_bytes=w.memory_bytes, gpus=w.gpus, run_as=w.run_as, last_heartbeat=w.last_heartbeat,
+                       tunnel_replica=w.tunnel_replica, tunnel_since=w.tunnel_since) for w in rows]
 
 
 async def queue_names(db: AsyncSession) -> list[str]:
