@@ -27,6 +27,10 @@ APT_PACKAGES=(
   zstd
   restic
   chromium        # the browser tests (tests/browser) drive it through Playwright, which cannot download one here
+  # the Remote Desktop app's stack on workers: Xvnc (X and VNC server in one, resizes with the viewer),
+  # a light window manager, a terminal; vncconfig and xset for users and tests
+  tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils
+  python3-tk      # bench/gateway.py's desktop section: the moving windows it measures are Tk programs
 )
 
 # Bump to force a reinstall of the venv / node_modules on every machine.

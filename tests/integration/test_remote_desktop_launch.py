@@ -1,6 +1,6 @@
 """The Remote Desktop app's launch (issue #9 point 1): its web form, grouped as the seed's configuration section,
-validating like the API; the CLI's flags; export/import; and, until the desktop stack lands (issue #10), an agent
-that fails such a session at once, saying which apps it runs."""
+validating like the API; the CLI's flags; export/import; and an app a worker cannot run failing clearly (the
+desktop itself on the worker: test_remote_desktop_worker.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from conftest import ADMIN_PASSWORD
 from webclient import page_csrf, web_login
 
 FORM = "/apps/remote-desktop/launch"
-CANNOT = "this worker cannot run 'remote-desktop' sessions (it runs: ssh-session)"
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +109,11 @@ def test_cli_flags_and_config_files(stack, tmp_path):
         stack.cli("sessions", "stop", session_id, "--no-wait", check=False)
 
 
-def test_an_agent_fails_a_remote_desktop_session_at_once_saying_what_it_runs(stack):
-    launched = stack.cli("launch", "remote-desktop", "--name", "rd-agent", "--wait", check=False)
-    assert launched.returncode == 1 and CANNOT in launched.stderr, launched.stderr
-    session_id = re.search(r"session ([0-9a-f]{12})", launched.stderr).group(1)
-    view = stack.wait_status(session_id, "failed", timeout=30)
-    assert view["error"] == CANNOT and view["worker"]
-    assert any(CANNOT in line for line in stack.events(session_id))
+def test_an_app_the_worker_cannot_run_fails_clearly():
+    from berth.agent.apps import get_agent_app
+    from berth.errors import SetupFailed
+
+    assert get_agent_app("remote-desktop").__name__ == "RemoteDesktopApp"
+    with pytest.raises(SetupFailed) as failed:
+        get_agent_app("jupyter")
+    assert failed.value.message == "this worker cannot run 'jupyter' sessions (it runs: ssh-session, remote-desktop)"

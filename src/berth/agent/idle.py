@@ -7,7 +7,8 @@ A session is kept alive, at one update, by any of:
   * CPU above ``cpu_threshold`` (% of one core, summed over its processes);
   * network above ``net_threshold_mb`` MB/s (received + sent: the session's own TCP traffic, or the host's where ``ss`` is missing);
   * any GPU above ``gpu_threshold`` %: the session's own share when NVML reports it, else the device's;
-  * user input less than ``input_window_s`` ago (terminal keystrokes, built-in server data, SSH socket bytes).
+  * user input less than ``input_window_s`` ago (terminal keystrokes, built-in server data, SSH socket bytes,
+    a desktop viewer's keys and pointer), named by its source ("ssh input", "desktop input").
 The window exists because tty atimes move at most every 8 s and samples come every 2 s; it must exceed both.
 
 Idle time counts from the last sign of activity (the last busy update, the last input, or the start),
@@ -82,12 +83,13 @@ class IdleTracker:
         return min(self.warn_before_s, self.max_idle_s / 2)
 
     # --- rules -------------------------------------------------------------------------------------
-    def reasons(self, sample: MetricSample | None, last_input_at: float | datetime | None, now: float) -> list[str]:
-        """What keeps the session alive right now (empty: idle)."""
+    def reasons(self, sample: MetricSample | None, last_input_at: float | datetime | None, now: float,
+                input_source: str = "ssh") -> list[str]:
+        """What keeps the session alive right now (empty: idle); input first, named by its source."""
         out: list[str] = []
         last_input_at = _epoch(last_input_at)
         if last_input_at is not None and now - last_input_at < self.input_window_s:
-            out.append(f"ssh input {max(0, int(now - last_input_at))} s ago")
+            out.append(f"{input_source} input {max(0, int(now - last_input_at))} s ago")
         if sample is None:  # cannot measure: never shut a session down on missing data
             return out + ["no resource sample"]
         if sample.cpu is not None and sample.cpu > self.cpu_threshold:
@@ -114,15 +116,16 @@ class IdleTracker:
         base = (self._idle_since if self._idle_since is not None else now) + self.max_idle_s
         return max(base, self.extended_until) if self.extended_until is not None else base
 
-    def update(self, sample: MetricSample | None, last_input_at: float | datetime | None, now: float) -> IdleState:
-        reasons = self.reasons(sample, last_input_at, now)
+    def update(self, sample: MetricSample | None, last_input_at: float | datetime | None, now: float,
+               input_source: str = "ssh") -> IdleState:
+        reasons = self.reasons(sample, last_input_at, now, input_source)
         last_input_at = _epoch(last_input_at)
         if last_input_at is not None and (self._last_input is None or last_input_at > self._last_input):
             self._last_input = last_input_at
             if self._idle_since is not None and last_input_at > self._idle_since:  # input we saw late
                 self._idle_since, self._warned = min(now, last_input_at), False
         if reasons:
-            if any(not r.startswith("ssh input") for r in reasons):
+            if any(not r.startswith(f"{input_source} input") for r in reasons):
                 self._last_active = now  # input alone: idle time will count from the input itself
             self._idle_since, self._warned = None, False
             self.state = IdleState(idle=False, idle_seconds=0.0, kept_alive_by=reasons)

@@ -32,18 +32,30 @@ def _atomic_write(path: Path, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def write_login_files(home: Path, workspace: Path, venv: Path, session_id: str, wrapper_path: Path) -> None:
+def session_bin_dir(home: Path, venv: Path | None) -> Path:
+    """The directory first on the session's PATH: the venv's bin, or ~/.berth/bin for an app without a venv
+    (where helpers such as ``berth-sync`` go)."""
+    return Path(venv) / "bin" if venv is not None else Path(home) / ".berth" / "bin"
+
+
+def write_login_files(home: Path, workspace: Path, venv: Path | None, session_id: str, wrapper_path: Path,
+                      env: dict[str, str] | None = None) -> None:
     """Write sshd's forced-command wrapper and home/.bash_profile (see the docstring of each file), as whoever
-    calls it: the session user, through ``berth.agent.as_session``."""
+    calls it: the session user, through ``berth.agent.as_session``. `env`: the user's own variables, exported
+    by the wrapper (sshd and dropbear do not pass the session's environment on)."""
     q, home, wrapper_path = shlex.quote, Path(home), Path(wrapper_path)
-    exports = (f"VIRTUAL_ENV={q(str(venv))} {SESSION_ENV_VAR}={q(session_id)} "
-               f"BERTH_WORKSPACE={q(str(workspace))}")
+    bin_dir = session_bin_dir(home, venv)
+    exports = (f"{SESSION_ENV_VAR}={q(session_id)} BERTH_WORKSPACE={q(str(workspace))} "
+               f"BERTH_BIN={q(str(bin_dir))}")
+    if venv is not None:
+        exports = f"VIRTUAL_ENV={q(str(venv))} {exports}"
+    user_exports = "".join(f"export {key}={q(value)}\n" for key, value in (env or {}).items())
     sftp = next((p for p in _SFTP_SERVERS if os.path.exists(p)), _SFTP_SERVERS[0])
     wrapper = f"""#!/bin/bash
 {_MARKER}{session_id}: sshd runs this for every connection (ForceCommand), so that commands,
 # sftp and interactive shells all get the session environment and start in the workspace.
-export HOME={q(str(home))} {exports}
-export PATH="$VIRTUAL_ENV/bin:{BASE_PATH}" SHELL=/bin/bash LANG="${{LANG:-C.UTF-8}}"
+{user_exports}export HOME={q(str(home))} {exports}
+export PATH="$BERTH_BIN:{BASE_PATH}" SHELL=/bin/bash LANG="${{LANG:-C.UTF-8}}"
 cd "$BERTH_WORKSPACE" 2>/dev/null || cd "$HOME" 2>/dev/null
 case "$SSH_ORIGINAL_COMMAND" in
   "") exec /bin/bash -l ;;
@@ -62,9 +74,9 @@ if [ -f ~/.bash_profile.before-berth ]; then . ~/.bash_profile.before-berth
 elif [ -f ~/.profile ]; then . ~/.profile  # Debian's ~/.profile sources ~/.bashrc itself
 else case $- in *i*) [ -f ~/.bashrc ] && . ~/.bashrc ;; esac
 fi
-# Debian's /etc/profile resets PATH for login shells: activate the session venv again.
+# Debian's /etc/profile resets PATH for login shells: put the session's bin (its venv's) first again.
 export {exports}
-export PATH="$VIRTUAL_ENV/bin:$PATH"
+export PATH="$BERTH_BIN:$PATH"
 cd "$BERTH_WORKSPACE" 2>/dev/null || true
 """
     path = home / ".bash_profile"
@@ -73,11 +85,13 @@ cd "$BERTH_WORKSPACE" 2>/dev/null || true
     _atomic_write(path, profile, 0o644)
 
 
-def session_env(session_id: str, run_as: RunAs, venv: Path, workspace: Path,
+def session_env(session_id: str, run_as: RunAs, venv: Path | None, workspace: Path,
                 extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the session's processes: what the wrapper and ~/.bash_profile export."""
+    """The environment of the session's processes: what the wrapper and ~/.bash_profile export (`venv` None:
+    an app without one)."""
+    bin_dir = session_bin_dir(run_as.home, venv)
     env = {"HOME": str(run_as.home), "USER": run_as.user, "LOGNAME": run_as.user, "SHELL": "/bin/bash",
-           "PATH": f"{venv}/bin:{BASE_PATH}", "VIRTUAL_ENV": str(venv), "BERTH_WORKSPACE": str(workspace),
-           "LANG": "C.UTF-8", **(extra or {})}
+           "PATH": f"{bin_dir}:{BASE_PATH}", "BERTH_WORKSPACE": str(workspace), "BERTH_BIN": str(bin_dir),
+           "LANG": "C.UTF-8", **({"VIRTUAL_ENV": str(venv)} if venv is not None else {}), **(extra or {})}
     env[SESSION_ENV_VAR] = session_id  # set last: teardown finds the session's processes by it
     return env

@@ -17,7 +17,9 @@ User input (``last_input_at``), the evidence that a person is there:
       when a process reads input from the terminal, i.e. on keystrokes (coarsely: at most every 8 s);
   (b) ``note_input()``, a hook for the built-in SSH server, called when a client sends channel data;
   (c) bytes received on the SSH server's port (``ss``), for non-pty connections such as VS Code Remote;
-      deltas below ``socket_threshold_bytes`` per poll (keepalives) do not count.
+      deltas below ``socket_threshold_bytes`` per poll (keepalives) do not count;
+  (d) the session's input stamp (``session_services.last_input``): the agent touches it when a viewer's
+      keyboard or pointer input crosses the tunnel (``watch_input_stamp``); its source reads "desktop".
 An SSH connection left open with no input moves none of these.
 
 Cost: a sample reads /proc/PID/{stat,io} of the session's processes and inspects each new pid once; a
@@ -32,6 +34,7 @@ import os
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psutil
 
@@ -40,6 +43,7 @@ from berth.metrics import MetricSample
 from .gpus import GpuReader, summarize
 from .netsockets import SessionNetwork, TcpTable
 from .proctable import CLK_TCK, ProcessTable, ProcStat, Scope, read_io
+from .session_services import last_input
 
 MB = 1_000_000
 DEFAULT_INTERVAL_S = 2.0
@@ -144,6 +148,7 @@ class SessionSampler:
         self.session_net = SessionNetwork(self.tcp, next(iter(scope.uids)) if len(scope.uids) == 1 else None)
         self._net = NetCounter()  # the host's, when `ss` is missing
         self._input_at: float | None = None
+        self._stamp_dir: Path | None = None
         self._ttys: set[str] = set()
         self._pids: set[int] = set()
         self._prev: dict[int, ProcStat] = {}
@@ -182,15 +187,27 @@ class SessionSampler:
         """The pty devices (/dev/pts/N) the session's processes have as controlling terminal, as of the last sample."""
         return sorted(self._ttys)
 
+    def watch_input_stamp(self, session_dir: Path) -> None:
+        """Input (d) from now on: the stamp the agent touches in `session_dir` for tunnel input."""
+        self._stamp_dir = session_dir
+
     def last_input_at(self) -> float | None:
         """Epoch seconds of the last sign of user input (see the module docstring), or None."""
+        return self.last_input()[0]
+
+    def last_input(self) -> tuple[float | None, str]:
+        """(epoch seconds, source) of the last sign of user input: "ssh" (a-c) or "desktop" (d)."""
         times = [t for t in (self._input_at, self.sockets.poll()) if t is not None]
         for path in self._ttys:
             try:
                 times.append(os.stat(path).st_atime)
             except OSError:  # the terminal closed since the last sample
                 pass
-        return max(times) if times else None
+        ssh = max(times) if times else None
+        stamp = last_input(self._stamp_dir) if self._stamp_dir is not None else None
+        if stamp is not None and (ssh is None or stamp > ssh):
+            return stamp, "desktop"
+        return ssh, "ssh"
 
     # --- sampling ---------------------------------------------------------------------------------
     def _baseline(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from berth.agent.apps import AgentApp, SessionRuntime, get_agent_app
+from berth.agent.apps.base import pick_app_port
 from berth.agent.backends import SessionBackend, SessionHost, get_backend
 from berth.agent.console import Console
 from berth.agent.session_services import clear_services, write_services
@@ -116,7 +117,7 @@ class Supervisor:
         self.app = app_class(SessionRuntime(
             assignment=self.assignment, context=self.ctx, backend=self.backend, host=self.host, session_dir=self.dir,
             password=self.password, advertise_host=advertise_host(self.ctx.server, self.ctx.advertise_host),
-            emit=c, act=act, note_input=self.sampler.note_input))
+            emit=c, act=act, note_input=self.sampler.note_input, app_port=pick_app_port()))
         workspace = self.app.workspace()
         if workspace is not None:
             self.workspace_sync = WorkspaceSync(
@@ -169,6 +170,7 @@ class Supervisor:
         from berth.agent.watchdog import SessionWatchdog
 
         self.sampler.set_input_ports(self.app.activity_ports())
+        self.sampler.watch_input_stamp(self.dir)  # a viewer's input through the tunnel (any app)
         tracker = IdleTracker.from_config(self.app.config, input_window_s=self.ctx.idle_input_window_s,
                                           warn_before_s=self.ctx.idle_warn_before_s,
                                           # short limits must still show "idle" before they end

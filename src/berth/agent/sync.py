@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from array import array
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from berth.agent.backends.base import make_socket_dir
 from berth.client import BerthClient
 from berth.errors import BerthError, WorkspaceError
 from berth.workspace.format import FormatError, Pack, pack_digest, pack_header_length, parse_pack
@@ -178,16 +178,9 @@ class WorkspaceSync:
         `socket_dir` is the supervisor's (root's, 0710 with the session's group when `gid` is given): the
         session user may connect but cannot swap the socket for a link. The script goes into `bin_dir`
         (the session's venv) written as the session user."""
-        if socket_dir.exists():
-            shutil.rmtree(socket_dir)
-        socket_dir.parent.mkdir(parents=True, exist_ok=True)
-        if gid is not None:  # session users traverse it to their own socket dir, whatever the agent's umask
-            os.chmod(socket_dir.parent, 0o755)
-        socket_dir.mkdir(mode=0o700)
-        if gid is not None:
-            os.chown(socket_dir, 0, gid)
-            os.chmod(socket_dir, 0o710)
+        make_socket_dir(socket_dir, gid)  # shared with the app's own sockets (a desktop's VNC)
         path = socket_dir / "sync.sock"
+        path.unlink(missing_ok=True)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:

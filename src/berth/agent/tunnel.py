@@ -18,7 +18,7 @@ from pathlib import Path
 import websockets
 
 from berth.agent.desktop.rfb_input import RfbInputMeter
-from berth.agent.session_services import Service, read_services, touch_input
+from berth.agent.session_services import Service, listener_uids, read_services, touch_input
 from berth.ids import is_id
 from berth.tunnel.mux import Mux, Stream, bridge
 
@@ -104,6 +104,11 @@ class AgentTunnel:
         if service is None:
             await stream.reset(f"session {session_id} has no {name!r} service here (not running, or not this app)")
             return
+        if service.uid is not None and service.port is not None:
+            owners = listener_uids(service.port)
+            if owners and service.uid not in owners:  # another user's program took the session's port first
+                await stream.reset(f"port {service.port} is held by another user's program, not the session's")
+                return
         try:
             reader, writer = await _connect(service)
         except OSError as exc:

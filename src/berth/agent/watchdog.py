@@ -45,7 +45,7 @@ class SessionWatchdog:
         """Pass on SupervisorControl.extend_until from every watch / status reply."""
         self.tracker.extend_until(until)
 
-    def _measure(self) -> tuple[MetricSample | None, float | None]:
+    def _measure(self) -> tuple[MetricSample | None, tuple[float | None, str]]:
         try:
             sample = self.sampler.sample()
             self._failing = False
@@ -53,7 +53,7 @@ class SessionWatchdog:
             if not self._failing:
                 log.exception("sampling failed (the session counts as active while it does)")
             self._failing, sample = True, None
-        return sample, self.sampler.last_input_at()
+        return sample, self.sampler.last_input()
 
     async def flush(self) -> None:
         self._last_post = time.monotonic()
@@ -75,12 +75,12 @@ class SessionWatchdog:
         self.console(f"idle: {message} (shown on {reached} terminal(s))")
 
     async def step(self) -> IdleState:
-        sample, last_input = await asyncio.to_thread(self._measure)
+        sample, (last_input, input_source) = await asyncio.to_thread(self._measure)
         if sample is not None:
             self.buffer.append(sample)
         if note := self.tracker.gpu_note(sample):
             self.console(note)
-        state = self.state = self.tracker.update(sample, last_input, time.time())
+        state = self.state = self.tracker.update(sample, last_input, time.time(), input_source)
         if state.warn:
             self._warn(state)
         now = time.monotonic()

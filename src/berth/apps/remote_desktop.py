@@ -1,7 +1,7 @@
 """The Remote Desktop app: a graphical desktop in the browser (or SSH access) on a worker.
 
-One field per option of the seed's launch form. The worker side comes with the desktop stack (issue #10); until
-then an agent fails such a session at once, saying which apps it runs.
+One field per option of the seed's launch form. The worker side is ``berth.agent.apps.remote_desktop`` (Xvnc,
+openbox and xterm, or an SSH server); users reach the desktop through the gateway (``/s/<id>/``).
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ from berth.errors import SetupFailed
 from berth.schemas import App
 
 from .base import AgentApp, SessionRuntime, WorkspaceSpec
+from .remote_desktop import RemoteDesktopApp
 from .ssh_session import SshSessionApp
 
 # Imported up front: the supervisor zygote loads them once, and every session's fork finds them ready.
-AGENT_APPS: dict[App, type[AgentApp]] = {App.ssh_session: SshSessionApp}
+AGENT_APPS: dict[App, type[AgentApp]] = {App.ssh_session: SshSessionApp, App.remote_desktop: RemoteDesktopApp}
 
 
 def get_agent_app(app: App | str) -> type[AgentApp]:

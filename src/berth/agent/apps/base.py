@@ -26,6 +26,7 @@ Errors for the user are raised as :class:`~berth.errors.SetupFailed` with a mess
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,18 @@ from berth.agent.session_services import Service
 from berth.apps import CommonConfig, config_model
 from berth.errors import SetupFailed
 from berth.schemas import App, Assignment, Endpoints
+
+
+APP_PORT_VAR = "BERTH_APP_PORT"
+
+
+def pick_app_port() -> int:
+    """A free loopback port for the session's web app, chosen once at setup (``$BERTH_APP_PORT`` in the session).
+    Nothing reserves it until the user's server binds it: on a worker shared by several users, whoever listens
+    there is what the gateway reaches."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def workspace_in_home(path: str, home: Path) -> Path:
@@ -73,10 +86,22 @@ class SessionRuntime:
     emit: Callable[[str], None]                  # a console line
     act: Callable[..., Awaitable[Any]]           # backend.act_as_session with the sampler's bookkeeping
     note_input: Callable[[], None]               # a user typed (for servers that see keystrokes themselves)
+    app_port: int | None = None  # the loopback port the session's own web app may serve on (``pick_app_port``)
 
     @property
     def session_id(self) -> str:
         return self.assignment.session_id
+
+    @property
+    def app_env(self) -> dict[str, str]:
+        """What every app exports to the session's processes and logins about its web app's port."""
+        return {APP_PORT_VAR: str(self.app_port)} if self.app_port else {}
+
+    def app_service(self) -> dict[str, Service]:
+        """The session's own web app as the gateway reaches it (``/s/<id>/app/``): whatever listens on the port."""
+        if not self.app_port:
+            return {}
+        return {"http": Service(protocol="http", port=self.app_port, uid=self.host.run_as.uid)}
 
     @property
     def scratch(self) -> Path:

@@ -7,22 +7,16 @@ Steps: (venv ‖ workspace + login files → git clone ‖ SSH server) → extra
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from pathlib import Path
-
 from berth.agent.login_files import session_env
 from berth.agent.session_services import Service
 from berth.agent.setup.git import clone_git
 from berth.agent.setup.init_script import run_init_script
 from berth.agent.setup.python_env import create_venv, install_packages
-from berth.agent.ssh import SshServer, SshServerSpec, authorized_keys_text, choose_kind, start_ssh_server
 from berth.apps import SshSessionConfig
-from berth.schemas import App, Endpoints, SshInfo
-from berth.workspace.excludes import DEFAULT_EXCLUDES
+from berth.schemas import App, Endpoints
 
 from .base import AgentApp, SessionRuntime, WorkspaceSpec, workspace_in_home
+from .session_ssh import SessionSsh, all_steps, workspace_spec, write_logins
 
 
 class SshSessionApp(AgentApp):
@@ -34,37 +28,18 @@ class SshSessionApp(AgentApp):
         home = runtime.host.home
         self.venv = home / ".venv"
         self.workspace_dir = workspace_in_home(self.config.workspace, home)
-        self.kind, self.kind_reason = choose_kind(self.config.dropbear, os.geteuid() == 0)
-        self.server: SshServer | None = None
+        self.ssh = SessionSsh(runtime, dropbear=self.config.dropbear, env=self._env())
 
     def workspace(self) -> WorkspaceSpec:
-        cfg, ctx = self.config, self.runtime.context
-        return WorkspaceSpec(path=self.workspace_dir, excludes=[*DEFAULT_EXCLUDES, *cfg.workspace_excludes],
-                             max_bytes=int((cfg.workspace_max_gb or ctx.workspace_max_gb) * 2**30),
-                             sync_interval_s=60 * (cfg.sync_minutes or ctx.sync_minutes), helper_dir=self.venv / "bin")
+        return workspace_spec(self.config, self.runtime, self.workspace_dir, helper_dir=self.venv / "bin")
 
     def _env(self) -> dict[str, str]:
-        return session_env(self.runtime.session_id, self.runtime.host.run_as, self.venv, self.workspace_dir)
-
-    def _spec(self) -> SshServerSpec:
-        rt = self.runtime
-        run_as = rt.host.run_as
-        return SshServerSpec(kind=self.kind, run_dir=rt.session_dir / "ssh", home=rt.host.home, user=run_as.user,
-                             password=rt.password, authorized_keys=rt.assignment.owner_ssh_keys,
-                             shell_wrapper=self._wrapper(), bind_host=rt.context.bind_host, env=self._env(),
-                             uid=run_as.uid, gid=run_as.gid, on_input=rt.note_input, keys_written_by_caller=True)
-
-    def _wrapper(self) -> Path:
-        return self.runtime.host.home / ".berth" / "session-shell"  # the session user must be able to read it
-
-    async def _start_server(self) -> None:
-        emit = self.runtime.emit
-        emit(f"ssh: {self.kind_reason}")
-        self.server = await start_ssh_server(self._spec(), log=lambda m: emit(f"ssh: {m}"))
+        return session_env(self.runtime.session_id, self.runtime.host.run_as, self.venv, self.workspace_dir,
+                           extra=self.runtime.app_env)
 
     async def prepare(self) -> None:
         rt, cfg, emit = self.runtime, self.config, self.runtime.emit
-        home, workspace = rt.host.home, self.workspace_dir
+        workspace = self.workspace_dir
 
         async def python_env() -> None:
             await create_venv(rt.context.python, self.venv, rt.backend)
@@ -72,9 +47,7 @@ class SshSessionApp(AgentApp):
 
         async def home_and_git() -> None:
             # The workspace directory and the login files (they need the venv's path, not the venv), as the user.
-            await rt.act("login_files", {"home": str(home), "workspace": str(workspace), "venv": str(self.venv),
-                                         "session_id": rt.session_id, "wrapper": str(self._wrapper()),
-                                         "authorized_keys": authorized_keys_text(rt.assignment.owner_ssh_keys)})
+            await write_logins(rt, workspace, self.venv)
             emit(f"setup: workspace {workspace}")
             if cfg.git_repo:
                 secrets = rt.assignment.secrets
@@ -82,8 +55,8 @@ class SshSessionApp(AgentApp):
                                 token=secrets.git_token, ssh_key=secrets.git_ssh_key, backend=rt.backend,
                                 emit=lambda m: emit(f"git: {m}"), scratch=rt.scratch)
 
-        early_server = [] if cfg.init_script else [self._start_server()]  # nothing else must run before it
-        await _all(python_env(), home_and_git(), *early_server)
+        early_server = [] if cfg.init_script else [self.ssh.start()]  # nothing else must run before it
+        await all_steps(python_env(), home_and_git(), *early_server)
         if cfg.packages:
             emit(f"packages: installing {' '.join(cfg.packages)}")
             await install_packages(self.venv, cfg.packages, rt.backend, emit=lambda m: emit(f"packages: {m}"))
@@ -94,50 +67,20 @@ class SshSessionApp(AgentApp):
             emit("init: init script finished")
 
     async def start(self) -> Endpoints:
-        if self.server is None:  # not started early by prepare()
-            await self._start_server()
-        assert self.server is not None
-        rt, server = self.runtime, self.server
-        user, host = rt.host.run_as.user, rt.advertise_host
-        info = SshInfo(host=host, port=server.port, user=user, password=rt.password,
-                       command=f"ssh -p {server.port} {user}@{host}", server=self.kind,
-                       host_key=server.host_key, host_key_fingerprint=server.host_key_fingerprint)
-        rt.emit(f"ssh: ready at {host}:{server.port} as {user} (host key {server.host_key_fingerprint})")
-        return Endpoints(ssh=info)
+        await self.ssh.start()  # when prepare() did not start it early
+        return self.ssh.endpoints()
 
     async def stop(self) -> None:
-        if self.server is None:
-            return
-        with contextlib.suppress(Exception):
-            await self.server.stop()
-        self.runtime.emit("ssh: server stopped")
+        await self.ssh.stop()
 
     def down_reason(self) -> str | None:
-        if self.server is not None and not self.server.alive():
-            return "the SSH server exited unexpectedly"
-        return None
+        return self.ssh.down_reason()
 
     def activity_ports(self) -> list[int]:
-        return [self.server.port] if self.server is not None else []
+        return self.ssh.activity_ports()
 
     def notify_users(self, text: str) -> int:
-        return self.server.notify_terminals(text) if self.server is not None else 0
+        return self.ssh.notify_users(text)
 
     def services(self) -> dict[str, Service]:
-        return {"ssh": ssh_service(self.server, self.runtime.context.bind_host)} if self.server is not None else {}
-
-
-def ssh_service(server: SshServer, bind_host: str) -> Service:
-    """The SSH server as the tunnel reaches it: on loopback when it listens on every address."""
-    host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
-    return Service(protocol="ssh", host=host, port=server.port)
-
-
-async def _all(*steps) -> None:
-    """Run steps side by side; the first failure cancels the rest and is raised as itself."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for step in steps:
-                group.create_task(step)
-    except BaseExceptionGroup as grouped:
-        raise grouped.exceptions[0] from None
+        return {**self.ssh.services(), **self.runtime.app_service()}

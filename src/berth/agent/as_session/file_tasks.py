@@ -37,12 +37,12 @@ def write_files(channel, *, files: list[dict[str, Any]]) -> None:
             raise
 
 
-def login_files(channel, *, home: str, workspace: str, venv: str, session_id: str, wrapper: str,
-                authorized_keys: str | None = None) -> None:
+def login_files(channel, *, home: str, workspace: str, venv: str | None, session_id: str, wrapper: str,
+                authorized_keys: str | None = None, env: dict[str, str] | None = None) -> None:
     """What a login needs: the workspace it starts in, sshd's wrapper, ~/.bash_profile and the owner's keys
     (one helper for all of them: each helper costs a Python start-up while the session is being set up)."""
     os.makedirs(workspace, exist_ok=True)
-    write_login_files(Path(home), Path(workspace), Path(venv), session_id, Path(wrapper))
+    write_login_files(Path(home), Path(workspace), Path(venv) if venv else None, session_id, Path(wrapper), env)
     if authorized_keys is not None:  # sshd's StrictModes wants ~/.ssh 0700 and the file not writable by others
         write_files(channel, files=[{"path": os.path.join(home, ".ssh", "authorized_keys"),
                                      "content": authorized_keys.encode(), "mode": 0o600, "parent_mode": 0o700}])

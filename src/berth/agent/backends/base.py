@@ -21,6 +21,7 @@ Optional:
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,24 @@ class SessionHost:
     system_user: bool       # a per-session system user was created (root agents)
     socket_dir: Path        # where the supervisor's sockets for the session go: a directory the user cannot swap
     socket_gid: int | None  # the group allowed to connect to them (None: only the supervisor's own user)
+
+
+def make_socket_dir(path: Path, gid: int | None) -> Path:
+    """The session's socket directory, made once and shared by whatever the supervisor serves there (``berth-sync``,
+    the desktop's VNC socket). As root: root's, 0710 with the session's group (the user may connect, never swap a
+    socket for a link); else the agent's own, 0700 (`gid`: ``SessionHost.socket_gid``). Idempotent."""
+    if path.is_symlink():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gid is not None:  # session users traverse it to their own socket dir, whatever the agent's umask
+        os.chmod(path.parent, 0o755)
+    path.mkdir(mode=0o700, exist_ok=True)
+    if gid is not None:
+        os.chown(path, 0, gid)
+        os.chmod(path, 0o710)
+    else:
+        os.chmod(path, 0o700)
+    return path
 
 
 class SessionBackend(abc.ABC):
