@@ -82,6 +82,12 @@ class TooManyRequests(BerthError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class BadGateway(BerthError):
+    """What the gateway reaches in a session answered badly or not at all (nothing listens on the app's port)."""
+
+    http_status = 502
+
+
 class ServerUnavailable(BerthError):
     http_status = 503
 
@@ -98,7 +104,7 @@ class WorkspaceError(BerthError):
 
 
 _BY_STATUS = {cls.http_status: cls for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, TooManyRequests,
-                                                 TooLarge, ServerUnavailable)}
+                                                 TooLarge, BadGateway, ServerUnavailable)}
 
 
 def from_http(status: int, body: object) -> BerthError:

@@ -43,7 +43,7 @@ class ServerSettings(BaseSettings):
     metrics_token: str | None = Field(None, description="Bearer token Prometheus sends to scrape GET /metrics; when unset, only admin API tokens may read /metrics.")
     max_body_bytes: int = Field(1 << 20, ge=4096, description="Largest request body accepted (413 above it), except workspace uploads and supervisor/agent batches.")
     max_batch_bytes: int = Field(16 << 20, ge=4096, description="Largest body of the batches supervisors and agents send: console lines, metric samples, missing-chunk queries, pack reads.")
-    max_upload_bytes: int = Field(256 << 20, ge=1 << 20, description="Largest workspace upload (a pack or a snapshot manifest); the routes also apply the snapshot format's own limits.")
+    max_upload_bytes: int = Field(256 << 20, ge=1 << 20, description="Largest workspace upload (a pack or a snapshot manifest; the routes also apply the snapshot format's own limits), and largest request body to a session's web app through the gateway.")
     login_window_s: float = Field(900.0, gt=0, description="Failed logins are counted over this sliding window (seconds); "
                                   "a lockout ends at the latest this long after the failures that caused it.")
     login_max_failures_per_address: int = Field(10, ge=0, description="Failed logins from one client address within the window "
@@ -67,6 +67,10 @@ class ServerSettings(BaseSettings):
                                           "opens a session's shareable link) stays valid; a new one is set on the next visit of the link.")
     gateway_origins: list[str] = Field(default_factory=list, description="Origins besides the server's own (public_url, Host) allowed to open "
                                        "gateway WebSockets with a cookie (JSON list of scheme://host[:port]).")
+    gateway_app_sandbox: bool = Field(True, description="Serve pages of sessions' own web apps (/s/<id>/app/) under a CSP sandbox (an opaque "
+                                      "origin), so an app's scripts cannot act as the berth user viewing them. Apps that need "
+                                      "same-origin cookies or storage in the browser break under it; turn it off only when every "
+                                      "project member may be trusted with every other member's berth account.")
     tunnel_open_timeout_s: float = Field(15.0, gt=0, description="How long the gateway waits for an agent to open a stream to a session.")
     web_assets_dir: Path | None = Field(None, description="The node_modules directory the web pages' scripts and styles (htmx, uPlot, "
                                         "xterm.js, noVNC) are served from; the checkout's node_modules when unset (scripts/setup.sh).")

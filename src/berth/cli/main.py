@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 import typer.core
 
-from . import auth, launch, run, sessions, ssh, workers, workspaces
+from . import auth, launch, run, sessions, ssh, ssh_proxy, workers, workspaces
 
 
 def _no_type_after_flags() -> None:
@@ -40,6 +40,7 @@ app.add_typer(workers.workers, name="workers")
 app.add_typer(workspaces.app, name="workspaces")
 app.command()(ssh.ssh)
 app.command("ssh-config")(ssh.ssh_config)
+app.command("ssh-proxy")(ssh_proxy.ssh_proxy)
 
 
 def main() -> None:

@@ -19,7 +19,10 @@ from . import datadir, prometheus, web
 from .limits import RequestLimits
 from .gateway.tunnels import TunnelRegistry, default_replica_name
 from .gateway.replicas import router as replica_router
+from .gateway.terminal import router as terminal_router  # before gateway_router: /s/{id}/terminal is not a raw service
+from .gateway.app_routes import router as gateway_app_router  # before the pages' /s/{id}/{rest:path}
 from .gateway.routes import router as gateway_router
+from .gateway.pages import router as gateway_pages_router
 from .gateway.tunnels import router as tunnel_router
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
@@ -106,7 +109,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     for router in (auth.router, projects.router, sessions.router, sessions.config_router, workers_api.router,
                    metrics_api.router, metrics_api.prometheus_router, workspaces_api.router, tunnel_router, replica_router,
-                   gateway_router):
+                   terminal_router, gateway_app_router, gateway_router, gateway_pages_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["meta"])

@@ -4,7 +4,8 @@ Body size is counted on the bytes as they arrive, not only from Content-Length (
 past the limit the app is told the client went away, whatever it answers is dropped, and the client gets
 413. Three classes of routes, each with its setting:
 
-- workspace uploads (a pack, a snapshot manifest): ``max_upload_bytes``;
+- workspace uploads (a pack, a snapshot manifest) and bodies to a session's web app (``/s/<id>/app/``):
+  ``max_upload_bytes``;
 - batches supervisors and agents send (console lines, metric samples, missing-chunk queries, pack reads):
   ``max_batch_bytes``;
 - everything else: ``max_body_bytes``.
@@ -25,6 +26,7 @@ from berth.errors import InvalidInput, TooLarge
 from berth.settings import ServerSettings
 
 _UPLOADS = re.compile(r"/api/v1/workspaces/sessions/[^/]+/(packs|snapshots)/[^/]+")
+_SESSION_APPS = re.compile(r"/s/[^/]+/app/.*")  # streamed to a session's own web app (file uploads)
 _BATCHES = re.compile(r"/api/v1/(workspaces/sessions/[^/]+/missing|workspaces/snapshots/[^/]+/read"
                       r"|sessions/[^/]+/supervisor/(events|metrics)|workers/[^/]+/metrics)")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -37,7 +39,7 @@ class RequestLimits:
 
     def limit_for(self, method: str, path: str) -> tuple[int, str]:
         s = self.settings
-        if method == "PUT" and _UPLOADS.fullmatch(path):
+        if (method == "PUT" and _UPLOADS.fullmatch(path)) or _SESSION_APPS.fullmatch(path):
             return s.max_upload_bytes, "BERTH_MAX_UPLOAD_BYTES"
         if method == "POST" and _BATCHES.fullmatch(path):
             return s.max_batch_bytes, "BERTH_MAX_BATCH_BYTES"

@@ -107,3 +107,12 @@ def long_poll(request: Request, wait: float) -> Poll:
     """A long poll of `wait` seconds, capped by the server's BERTH_LONG_POLL_S."""
     settings = request.app.state.settings
     return Poll(request.app.state.notifier, min(wait, settings.long_poll_s), settings.poll_interval_s)
+
+
+def public_base(request: Request) -> str:
+    """The server as users reach it, for the links a view carries: BERTH_PUBLIC_URL, else this request's own
+    base URL (its scheme as uvicorn saw it, through BERTH_TRUSTED_PROXIES only)."""
+    return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+PublicBase = Annotated[str, Depends(public_base)]

@@ -14,46 +14,47 @@ from berth.schemas import ConsoleEvent, LaunchRequest, LaunchSecrets, Role, Sess
 from berth.server.services import access
 from berth.server.services import sessions as svc
 
-from .deps import CurrentUser, Db, errors, long_poll
+from .deps import CurrentUser, Db, PublicBase, errors, long_poll
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 
 
 @router.post("", response_model=SessionView, status_code=201, responses=errors(401, 403, 422))
-async def launch(body: LaunchRequest, db: Db, user: CurrentUser) -> SessionView:
-    return await svc.view(db, await svc.launch(db, user, body))
+async def launch(body: LaunchRequest, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
+    return await svc.view(db, await svc.launch(db, user, body), base)
 
 
 @router.get("", response_model=list[SessionView], responses=errors(401, 422))
-async def list_sessions(db: Db, user: CurrentUser, status: list[str] | None = Query(None), project: str | None = None,
-                        app: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[SessionView]:
-    return await svc.views(db, await svc.list_sessions(db, user, status=status, project=project, app=app, limit=limit))
+async def list_sessions(db: Db, user: CurrentUser, base: PublicBase, status: list[str] | None = Query(None),
+                        project: str | None = None, app: str | None = None,
+                        limit: int = Query(200, ge=1, le=1000)) -> list[SessionView]:
+    return await svc.views(db, await svc.list_sessions(db, user, status=status, project=project, app=app, limit=limit), base)
 
 
 @router.get("/{session_id}", response_model=SessionView, responses=errors(401, 403, 404))
-async def show(session_id: str, db: Db, user: CurrentUser) -> SessionView:
-    return await svc.view(db, await access.session_for_user(db, user, session_id))
+async def show(session_id: str, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
+    return await svc.view(db, await access.session_for_user(db, user, session_id), base)
 
 
 @router.post("/{session_id}/stop", response_model=SessionView, responses=errors(401, 403, 404))
-async def stop(session_id: str, db: Db, user: CurrentUser) -> SessionView:
+async def stop(session_id: str, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
     row = await access.session_for_user(db, user, session_id, Role.member)
-    return await svc.view(db, await svc.request_stop(db, row, f"requested by {user.username}"))
+    return await svc.view(db, await svc.request_stop(db, row, f"requested by {user.username}"), base)
 
 
 @router.post("/{session_id}/sync", response_model=SessionView, responses=errors(401, 403, 404, 409))
-async def request_sync(session_id: str, db: Db, user: CurrentUser) -> SessionView:
+async def request_sync(session_id: str, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
     """Ask the session's supervisor to store the workspace now (it answers in the console)."""
     row = await access.session_for_user(db, user, session_id, Role.member)
-    return await svc.view(db, await svc.request_sync(db, row, user.username))
+    return await svc.view(db, await svc.request_sync(db, row, user.username), base)
 
 
 @router.post("/{session_id}/extend", response_model=SessionView, responses=errors(401, 403, 404, 409, 422))
-async def extend(session_id: str, body: ExtendRequest, db: Db, user: CurrentUser) -> SessionView:
+async def extend(session_id: str, body: ExtendRequest, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
     """Postpone the idle shutdown: no idle shutdown before max(earlier extension, now) + hours. The supervisor
     reads it from its next watch or status reply (`extend_until`)."""
     row = await access.session_for_user(db, user, session_id, Role.member)
-    return await svc.view(db, await svc.extend(db, row, body.hours, user.username))
+    return await svc.view(db, await svc.extend(db, row, body.hours, user.username), base)
 
 
 class CloneRequest(WireModel):
@@ -62,8 +63,8 @@ class CloneRequest(WireModel):
 
 
 @router.post("/{session_id}/clone", response_model=SessionView, status_code=201, responses=errors(401, 403, 404, 422))
-async def clone(session_id: str, body: CloneRequest, db: Db, user: CurrentUser) -> SessionView:
-    return await svc.view(db, await svc.clone(db, user, session_id, body.overrides, body.secrets))
+async def clone(session_id: str, body: CloneRequest, db: Db, user: CurrentUser, base: PublicBase) -> SessionView:
+    return await svc.view(db, await svc.clone(db, user, session_id, body.overrides, body.secrets), base)
 
 
 @router.get("/{session_id}/export", responses=errors(401, 403, 404))

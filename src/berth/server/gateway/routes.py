@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, WebSocket
+from starlette.requests import HTTPConnection
 
 from berth.errors import BerthError, NotFound
+from berth.server.db.models import User, Worker
 from berth.server.services import gateway_access
 
 from .websockets import check_origin, join, refuse
@@ -22,16 +24,22 @@ router = APIRouter(tags=["gateway"], include_in_schema=False)
 RAW_SERVICES = {"vnc": "vnc", "ssh": "ssh"}
 
 
-async def open_service_stream(websocket: WebSocket, session_id: str, service: str):
-    """Authenticate, authorize and open a stream to the session's `service` (raises BerthError)."""
-    check_origin(websocket)
-    creds = gateway_access.credentials(websocket.headers, websocket.cookies,
-                                       websocket.scope.get("subprotocols") or [])
-    settings = websocket.app.state.settings
-    async with websocket.app.state.sessionmaker() as db:
+async def authorized_worker(conn: HTTPConnection, session_id: str) -> tuple[User, Worker]:
+    """The user behind the request's credentials (HTTP or WebSocket) and the worker of `session_id`, which the user
+    may read and which is running (raises BerthError: 401, the 404 of a missing session, 409)."""
+    creds = gateway_access.credentials(conn.headers, conn.cookies, conn.scope.get("subprotocols") or [])
+    async with conn.app.state.sessionmaker() as db:
         user = await gateway_access.user_of(db, creds, session_id)
         _row, worker = await gateway_access.reachable_session(db, user, session_id)
         await db.commit()
+    return user, worker
+
+
+async def open_service_stream(websocket: WebSocket, session_id: str, service: str):
+    """Authenticate, authorize and open a stream to the session's `service` (raises BerthError)."""
+    check_origin(websocket)
+    user, worker = await authorized_worker(websocket, session_id)
+    settings = websocket.app.state.settings
     log.info("gateway: %s opens %s of session %s", user.username, service, session_id)
     return await websocket.app.state.tunnels.open(worker, session_id, service, timeout=settings.tunnel_open_timeout_s)
 

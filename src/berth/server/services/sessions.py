@@ -128,12 +128,13 @@ async def clone(db: AsyncSession, user: User, session_id: str, overrides: dict[s
     return await launch(db, user, LaunchRequest(app=source.app, config=clone_config(source, overrides), secrets=secrets))
 
 
-async def view(db: AsyncSession, row: Session) -> SessionView:
-    return (await views(db, [row]))[0]
+async def view(db: AsyncSession, row: Session, base_url: str | None = None) -> SessionView:
+    return (await views(db, [row], base_url))[0]
 
 
-async def views(db: AsyncSession, rows: list[Session]) -> list[SessionView]:
-    """Views of many sessions in a fixed number of queries (names and last snapshots loaded in batches)."""
+async def views(db: AsyncSession, rows: list[Session], base_url: str | None = None) -> list[SessionView]:
+    """Views of many sessions in a fixed number of queries (names and last snapshots loaded in batches).
+    `base_url` (the server as users reach it) makes the gateway links of running remote desktops."""
     if not rows:
         return []
     projects = await _names(db, Project.id, Project.name, {r.project_id for r in rows})
@@ -149,7 +150,7 @@ async def views(db: AsyncSession, rows: list[Session]) -> list[SessionView]:
             queue=queues[row.queue_id], status=status, dashboard_status=status.dashboard,
             idle_seconds=row.idle_seconds if status == SessionStatus.idle else 0.0, restored_from=row.restored_from,
             worker=workers.get(row.worker_id), error=row.error, owner=owners[row.owner_id], config=row.config,
-            **_endpoint_fields(db, row, status),
+            **_endpoint_fields(db, row, status, base_url),
             created_at=row.created_at, started_at=row.started_at, stopped_at=row.stopped_at, last_snapshot=snapshots.get(row.id),
             kept_alive_by=row.kept_alive_by if status.is_running else None, idle_extended_until=row.idle_extended_until,
         ))
@@ -160,11 +161,27 @@ async def _names(db: AsyncSession, key, name, ids: set) -> dict:
     return {k: v for k, v in await db.execute(select(key, name).where(key.in_(ids)))}
 
 
-def _endpoint_fields(db: AsyncSession, row: Session, status: SessionStatus) -> dict[str, Any]:
-    """`ssh` and `links` of a session's view: its app's endpoints while it runs (secrets opened), else none."""
+def _endpoint_fields(db: AsyncSession, row: Session, status: SessionStatus, base_url: str | None) -> dict[str, Any]:
+    """`ssh` and `links` of a session's view: its app's endpoints while it runs (secrets opened), else none; a
+    desktop that can be reached is reached through the gateway, whatever the worker's own address."""
     endpoints = _open_endpoints(db, row) if row.endpoints and status.is_running else Endpoints()
-    links = endpoints.links or (Links() if row.app == App.remote_desktop.value else None)
+    links = endpoints.links
+    if base_url and is_desktop(row) and status in (SessionStatus.active, SessionStatus.idle):
+        links = gateway_links(base_url, row.id)
     return {"ssh": endpoints.ssh, "links": links}
+
+
+def is_desktop(row: Session) -> bool:
+    """A remote desktop of type desktop (type ssh serves SSH only)."""
+    return row.app == App.remote_desktop.value and (row.config or {}).get("type", "desktop") == "desktop"
+
+
+def gateway_links(base_url: str, session_id: str) -> Links:
+    """The shareable browser link (logs the browser in, then the desktop page) and the direct link: the desktop's
+    RFB bytes as a WebSocket, for programs with a token (`Authorization: Bearer` or subprotocol berth.token.<t>)."""
+    base = base_url.rstrip("/")
+    ws_base = "ws" + base.removeprefix("http") if base.startswith("http") else base
+    return Links(browser=f"{base}/s/{session_id}/", direct=f"{ws_base}/s/{session_id}/vnc")
 
 
 def _open_endpoints(db: AsyncSession, row: Session) -> Endpoints:

@@ -11,6 +11,7 @@ Route modules stay thin: `login` (login, logout), `apps` (apps page, instance li
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from berth.errors import BerthError, Unauthorized
 from .headers import SecurityHeaders
 from .templates import render
 
+_GATEWAY_ENTRY = re.compile(r"^/s/[^/]+/?$")
 _PAGE_PREFIXES = ("/login", "/logout", "/apps/", "/sessions/", "/static/", "/settings", "/projects", "/users", "/workers")
 
 
@@ -33,8 +35,9 @@ def install(app: FastAPI) -> None:
 
 
 def owns(path: str) -> bool:
-    """Paths the pages answer (errors there are pages too); the API lives under /api/."""
-    return path == "/" or path.startswith(_PAGE_PREFIXES)
+    """Paths the pages answer (errors there are pages too); the API lives under /api/. Of the gateway's paths,
+    only a session's browser link is a page: its other paths answer programs."""
+    return path == "/" or path.startswith(_PAGE_PREFIXES) or bool(_GATEWAY_ENTRY.match(path))
 
 
 def error_page(request: Request, exc: BerthError) -> Response:

@@ -50,12 +50,13 @@ def idle_clock(view: SessionView, now: datetime | None = None) -> IdleClock | No
 
 
 def vscode_url(view: SessionView) -> str | None:
-    """VS Code Remote-SSH's link form, vscode://vscode-remote/ssh-remote+<user>@<host>:<port><folder>. The
-    folder must be absolute; a workspace inside the home (~/…) cannot be named before the home is known, so the
-    link then opens the host and the page names the folder to open."""
+    """VS Code Remote-SSH's link form, vscode://vscode-remote/ssh-remote+<host><folder>, with the host entry
+    `berth ssh-config` writes (berth-<id>: through the berth server, so it works when the worker's port is not
+    reachable; its user, key and pinned host key). The folder must be absolute; a workspace inside the home
+    (~/…) cannot be named before the home is known, so the link then opens the host and the page names the folder."""
     if view.ssh is None:
         return None
-    authority = quote(f"{view.ssh.user}@{view.ssh.host}:{view.ssh.port}", safe="@:")
+    authority = quote(f"berth-{view.id}", safe="")
     folder = str(view.config.get("workspace") or "")
     path = quote(folder, safe="/") if folder.startswith("/") else ""
     return f"vscode://vscode-remote/ssh-remote+{authority}{path or '/'}"

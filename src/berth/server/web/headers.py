@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CSP = "; ".join([
-    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "font-src 'self'",
-    "connect-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-])
+
+def csp(style_nonce: str | None = None) -> str:
+    """The policy; `style_nonce` also admits <style> elements carrying that per-response nonce (a page whose
+    library writes its CSS into <style> elements, xterm.js 6: see static/terminal.js). A route that sets its
+    own content-security-policy header keeps it."""
+    style = "style-src 'self'" + (f" 'nonce-{style_nonce}'" if style_nonce else "")
+    return "; ".join([
+        "default-src 'self'", "script-src 'self'", style, "img-src 'self' data:", "font-src 'self'",
+        "connect-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+    ])
+
+
+CSP = csp()
 _COMMON = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
 _DOCS = ("/docs", "/redoc")
 

@@ -3,17 +3,19 @@ Stop, Extend and Sync now for members. Charts and console read `streams.py`; wha
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from berth.errors import InvalidInput, NotFound
 from berth.schemas import Role, SessionView
-from berth.server.api.deps import Db
+from berth.server.api.deps import Db, public_base
 from berth.server.api.workspaces import tar_response, workspace_store
 from berth.server.services import access, sessions, snapshot_tar
 from berth.server.services.access import Principal
 
-from . import dashboard, forms
+from . import dashboard, forms, headers
 from .apps import APPS, POLL_S
 from .browser import CurrentBrowser, check_csrf
 from .streams import RANGES_S
@@ -26,12 +28,13 @@ def live_key(view: SessionView, clock: dashboard.IdleClock | None, snapshots: in
     """What the live part of the page shows: the page polls with it and gets 204 (nothing to swap) until it
     changes, so a revealed password stays revealed while nothing changed."""
     alive = ",".join(view.kept_alive_by or [])
-    return f"{view.status.value}:{int(view.idle_seconds // 60)}:{bool(view.ssh)}:{clock and clock.key}:{snapshots}:{alive}"
+    links = bool(view.links and view.links.browser)
+    return f"{view.status.value}:{int(view.idle_seconds // 60)}:{bool(view.ssh)}:{links}:{clock and clock.key}:{snapshots}:{alive}"
 
 
-async def _context(db, browser, session_id: str) -> dict:
+async def _context(request: Request, db, browser, session_id: str) -> dict:
     row = await access.session_for_user(db, browser.user, session_id)
-    view = await sessions.view(db, row)
+    view = await sessions.view(db, row, public_base(request))
     role = await access.role_in(db, browser.user, row.project_id)
     clock = dashboard.idle_clock(view)
     snapshots = await dashboard.snapshots(db, browser.user, row.id)
@@ -43,13 +46,15 @@ async def _context(db, browser, session_id: str) -> dict:
 
 @router.get("/sessions/{session_id}")
 async def instance_page(request: Request, session_id: str, db: Db, browser: CurrentBrowser) -> Response:
-    return render(request, "instance.html", await _context(db, browser, session_id))
+    style_nonce = secrets.token_urlsafe(18)  # for the browser terminal's xterm.js <style> elements (terminal.js)
+    return render(request, "instance.html", {**await _context(request, db, browser, session_id), "style_nonce": style_nonce},
+                  headers={"content-security-policy": headers.csp(style_nonce=style_nonce)})
 
 
 @router.get("/sessions/{session_id}/live")
 async def instance_live(request: Request, session_id: str, db: Db, browser: CurrentBrowser,
                         known: str = Query("", max_length=100)) -> Response:
-    context = await _context(db, browser, session_id)
+    context = await _context(request, db, browser, session_id)
     if known == context["live_key"]:
         return Response(status_code=204)
     return render(request, "_instance_live.html", context)
