@@ -71,6 +71,9 @@ class ServerSettings(BaseSettings):
                                       "origin), so an app's scripts cannot act as the berth user viewing them. Apps that need "
                                       "same-origin cookies or storage in the browser break under it; turn it off only when every "
                                       "project member may be trusted with every other member's berth account.")
+    gateway_grant_cache_s: float = Field(2.0, ge=0, description="How long the gateway remembers that a credential may reach a session "
+                                         "(saves the database reads for a page's burst of requests); a revoked token or removed "
+                                         "member is refused at the latest this much later. 0: ask the database every time.")
     tunnel_open_timeout_s: float = Field(15.0, gt=0, description="How long the gateway waits for an agent to open a stream to a session.")
     web_assets_dir: Path | None = Field(None, description="The node_modules directory the web pages' scripts and styles (htmx, uPlot, "
                                         "xterm.js, noVNC) are served from; the checkout's node_modules when unset (scripts/setup.sh).")

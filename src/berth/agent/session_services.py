@@ -50,23 +50,6 @@ def read_services(session_dir: Path) -> dict[str, Service]:
     return {name: Service(**value) for name, value in data.items()}
 
 
-def listener_uids(port: int) -> set[int]:
-    """Owners of the sockets listening on loopback or any address at `port` (from /proc/net/tcp{,6})."""
-    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}", f"{'0' * 32}:{port:04X}",
-             f"{'0' * 24}01000000:{port:04X}"}
-    owners = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 7 and fields[3] == "0A" and fields[1].upper() in local:  # 0A: LISTEN
-                owners.add(int(fields[7]))
-    return owners
-
-
 def clear_services(session_dir: Path) -> None:
     (session_dir / SERVICES_FILE).unlink(missing_ok=True)
 

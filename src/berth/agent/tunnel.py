@@ -18,7 +18,8 @@ from pathlib import Path
 import websockets
 
 from berth.agent.desktop.rfb_input import RfbInputMeter
-from berth.agent.session_services import Service, listener_uids, read_services, touch_input
+from berth.agent.listeners import listener_uids
+from berth.agent.session_services import Service, read_services, touch_input
 from berth.ids import is_id
 from berth.tunnel.mux import Mux, Stream, bridge
 

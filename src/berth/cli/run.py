@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -15,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, escape, guard
+from .common import err, escape, guard, run_loop
 
 
 def _serve(settings) -> None:
@@ -107,7 +106,7 @@ def agent(
     fields = {"server": server_url, "queues": queue, "backend": backend, "token": token, "data_dir": data_dir, "name": name}
     settings = AgentSettings(**{k: v for k, v in fields.items() if v is not None})
     guard(lambda: get_backend(settings.backend))
-    guard(lambda: asyncio.run(run_agent(settings)))
+    guard(lambda: run_loop(run_agent(settings)))
 
 
 def up(

@@ -8,9 +8,12 @@ its own encryption and host key check end to end; this only carries bytes, authe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import typer
@@ -19,9 +22,11 @@ from websockets.asyncio.client import ClientConnection
 
 from berth.errors import InvalidInput, ServerUnavailable, from_http
 
-from .common import guard, load_credentials, settings
+from .common import guard, load_credentials, run_loop, settings
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported by Python 3.11
+PIPE_SIZE = 1 << 20
 
 
 def gateway_url(server: str, session_id: str, service: str = "ssh") -> str:
@@ -53,8 +58,8 @@ async def open_gateway(server: str, token: str, session_id: str, service: str = 
 
 
 def _stdin_pump(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-    """Blocking reads on a daemon thread (stdin may be a pipe, a socket or a terminal); each chunk waits for a
-    place in the small queue, so a slow WebSocket slows the reader down instead of filling memory."""
+    """Blocking reads on a daemon thread, for a stdin the event loop cannot watch (a regular file, /dev/null);
+    each chunk waits for a place in the small queue, so a slow WebSocket slows the reader down."""
     while True:
         try:
             data = os.read(0, CHUNK)
@@ -71,20 +76,52 @@ def _write_all(data: bytes) -> None:
         view = view[os.write(1, view):]
 
 
+def _bigger_pipe(fd: int) -> None:
+    """ssh talks to its ProxyCommand through pipes of 64 KiB: larger ones let each WebSocket message carry more
+    (fewer, bigger messages through three processes is what makes the tunnel fast)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+
+async def _stdio() -> tuple[Callable[[], Awaitable[bytes]], Callable[[bytes], Awaitable[None]]]:
+    """Read and write functions for stdin/stdout: on the event loop when they are pipes or sockets (what ssh gives
+    a ProxyCommand), else through a thread."""
+    loop = asyncio.get_running_loop()
+    for fd in (0, 1):
+        _bigger_pipe(fd)
+    try:
+        reader = asyncio.StreamReader(limit=CHUNK)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(0, "rb", buffering=0, closefd=False))
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            os.fdopen(1, "wb", buffering=0, closefd=False))
+    except (OSError, ValueError):
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+        threading.Thread(target=_stdin_pump, args=(loop, queue), daemon=True, name="stdin").start()
+
+        async def write_threaded(data: bytes) -> None:
+            await asyncio.to_thread(_write_all, data)
+        return queue.get, write_threaded
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+    return (lambda: reader.read(CHUNK)), write
+
+
 async def proxy(server: str, token: str, session_id: str) -> None:
     """stdin → WebSocket and WebSocket → stdout until either side ends. A clean end returns; a broken one raises."""
     ws = await open_gateway(server, token, session_id)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
-    threading.Thread(target=_stdin_pump, args=(loop, queue), daemon=True, name="stdin").start()
+    read, write = await _stdio()
 
     async def upstream() -> None:
-        while data := await queue.get():
+        while data := await read():
             await ws.send(data)
 
     async def downstream() -> None:
         async for message in ws:
-            await asyncio.to_thread(_write_all, message if isinstance(message, bytes) else message.encode())
+            await write(message if isinstance(message, bytes) else message.encode())
 
     tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
     try:
@@ -94,7 +131,7 @@ async def proxy(server: str, token: str, session_id: str) -> None:
     except websockets.ConnectionClosedError as exc:
         reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "the connection broke"
         raise ServerUnavailable(f"the connection to session {session_id} ended: {reason}") from None
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):
         pass  # ssh went away first: nothing left to deliver
     finally:
         for task in tasks:
@@ -111,4 +148,4 @@ def ssh_proxy(session_id: str = typer.Argument(..., help="Session ID")) -> None:
         server, token = load_credentials()
         await proxy(server, token, session_id)
 
-    guard(lambda: asyncio.run(_go()))
+    guard(lambda: run_loop(_go()))

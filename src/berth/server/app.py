@@ -18,6 +18,7 @@ from berth.settings import ServerSettings
 from . import datadir, prometheus, web
 from .limits import RequestLimits
 from .gateway.tunnels import TunnelRegistry, default_replica_name
+from .gateway.grants import GrantCache
 from .gateway.replicas import router as replica_router
 from .gateway.terminal import router as terminal_router  # before gateway_router: /s/{id}/terminal is not a raw service
 from .gateway.app_routes import router as gateway_app_router  # before the pages' /s/{id}/{rest:path}
@@ -82,6 +83,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                   description="Self-hosted interactive remote sessions: SSH dev environments and remote desktops.")
     app.state.settings = settings
     app.state.notifier = Notifier()
+    app.state.gateway_grants = GrantCache(settings.gateway_grant_cache_s)
     app.state.tunnels = TunnelRegistry(settings.replica_name or default_replica_name(), settings.replica_url)
     prometheus.install(app)
     app.add_middleware(RequestLimits, settings=settings)  # body size and URL checks, before any route

@@ -173,8 +173,10 @@ class Mux:
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
 
-    async def open(self, target: dict[str, Any], timeout: float = 15.0) -> Stream:
-        """Open a stream to `target` on the peer; raises StreamReset with the peer's reason when refused."""
+    async def open(self, target: dict[str, Any], timeout: float = 15.0, wait: bool = True) -> Stream:
+        """Open a stream to `target` on the peer; raises StreamReset with the peer's reason when refused.
+        `wait=False` returns at once: what is written is held by the peer until it has connected the stream (one
+        round trip saved), and a refusal then shows as StreamReset on the first read or write."""
         if self.closed is not None:
             raise StreamReset(self.closed)
         stream_id = self._next_id
@@ -183,6 +185,9 @@ class Mux:
         self._streams[stream_id] = stream
         answer = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = answer
+        if not wait:
+            await self._send(OPEN, stream_id, json.dumps(target).encode())
+            return stream
         try:
             await self._send(OPEN, stream_id, json.dumps(target).encode())
             async with asyncio.timeout(timeout):
@@ -218,12 +223,13 @@ class Mux:
                 stream._on_eof()
         elif kind == RESET:
             reason = payload.decode(errors="replace") or "reset by peer"
-            if stream_id in self._pending and not self._pending[stream_id].done():
-                self._pending[stream_id].set_result(reason)
+            future = self._pending.pop(stream_id, None)
+            if future is not None and not future.done():
+                future.set_result(reason)
             if stream is not None:
                 stream._on_reset(reason)
         elif kind == ACCEPT:
-            future = self._pending.get(stream_id)
+            future = self._pending.pop(stream_id, None)
             if future is not None and not future.done():
                 future.set_result(None)
         elif kind == OPEN:

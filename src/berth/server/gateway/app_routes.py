@@ -45,13 +45,14 @@ def prefix_and_target(conn: HTTPConnection, session_id: str) -> tuple[str, str]:
     return f"/s/{session_id}/app", target
 
 
-async def _open(conn: HTTPConnection, session_id: str):
+async def _open(conn: HTTPConnection, session_id: str, wait: bool = True):
     """Authenticate, authorize, then a stream to the session's web app with the prefix and target to send."""
     user, worker = await authorized_worker(conn, session_id)
     prefix, target = prefix_and_target(conn, session_id)
     tunnels = conn.app.state.tunnels
     try:
-        stream = await tunnels.open(worker, session_id, SERVICE, timeout=conn.app.state.settings.tunnel_open_timeout_s)
+        stream = await tunnels.open(worker, session_id, SERVICE, timeout=conn.app.state.settings.tunnel_open_timeout_s,
+                                    wait=wait)
     except ServerUnavailable as exc:
         if tunnels.held(worker.id) is None:  # the tunnel itself is down (or elsewhere): that message stands
             raise
@@ -67,8 +68,15 @@ async def app_without_slash(session_id: str) -> Response:
 
 @router.api_route("/s/{session_id}/app/{path:path}", methods=METHODS)
 async def app_http(request: Request, session_id: str, path: str) -> Response:
-    stream, prefix, target = await _open(request, session_id)
-    return await proxy_http(request, stream, prefix, target)
+    # The request goes out with the stream's opening (no wait for the agent's answer): a refusal shows up as the
+    # stream's reset before any byte came back, and is answered as for an app that does not listen.
+    stream, prefix, target = await _open(request, session_id, wait=False)
+    try:
+        return await proxy_http(request, stream, prefix, target)
+    except BadGateway as exc:
+        if getattr(stream, "bytes_in", 1) == 0:
+            raise BadGateway(APP_DOWN, log_message=f"session {session_id}: {exc.message}") from None
+        raise
 
 
 @router.websocket("/s/{session_id}/app/{path:path}")

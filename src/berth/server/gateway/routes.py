@@ -12,9 +12,9 @@ from fastapi import APIRouter, WebSocket
 from starlette.requests import HTTPConnection
 
 from berth.errors import BerthError, NotFound
-from berth.server.db.models import User, Worker
 from berth.server.services import gateway_access
 
+from .grants import Grant, GrantCache, WorkerRoute
 from .websockets import check_origin, join, refuse
 
 log = logging.getLogger("berth.gateway")
@@ -24,15 +24,22 @@ router = APIRouter(tags=["gateway"], include_in_schema=False)
 RAW_SERVICES = {"vnc": "vnc", "ssh": "ssh"}
 
 
-async def authorized_worker(conn: HTTPConnection, session_id: str) -> tuple[User, Worker]:
-    """The user behind the request's credentials (HTTP or WebSocket) and the worker of `session_id`, which the user
-    may read and which is running (raises BerthError: 401, the 404 of a missing session, 409)."""
+async def authorized_worker(conn: HTTPConnection, session_id: str) -> tuple[Grant, WorkerRoute]:
+    """Who is behind the request's credentials (HTTP or WebSocket) and the worker of `session_id`, which they may
+    read and which is running (raises BerthError: 401, the 404 of a missing session, 409). Grants are remembered
+    for a few seconds (grants.py)."""
     creds = gateway_access.credentials(conn.headers, conn.cookies, conn.scope.get("subprotocols") or [])
-    async with conn.app.state.sessionmaker() as db:
-        user = await gateway_access.user_of(db, creds, session_id)
-        _row, worker = await gateway_access.reachable_session(db, user, session_id)
-        await db.commit()
-    return user, worker
+    cache: GrantCache = conn.app.state.gateway_grants
+    key = cache.key(f"{creds.bearer or ''}\0{creds.cookie or ''}", session_id) if creds.present else None
+    grant = cache.get(key) if key else None
+    if grant is None:
+        async with conn.app.state.sessionmaker() as db:
+            user = await gateway_access.user_of(db, creds, session_id)
+            _row, worker = await gateway_access.reachable_session(db, user, session_id)
+            await db.commit()
+        grant = Grant(user.username, WorkerRoute.of(worker))
+        cache.put(key, grant)
+    return grant, grant.worker
 
 
 async def open_service_stream(websocket: WebSocket, session_id: str, service: str):

@@ -22,6 +22,7 @@ from berth.server.services import access
 from berth.server.services.accounts import authenticate
 from berth.tunnel.mux import Mux, Stream, StreamReset
 
+from .grants import WorkerRoute
 from .replicas import RemoteStream, open_remote
 
 log = logging.getLogger("berth.gateway")
@@ -60,7 +61,8 @@ class TunnelRegistry:
             return True
         return False
 
-    async def open(self, worker: Worker, session_id: str, service: str, timeout: float) -> Stream | RemoteStream:
+    async def open(self, worker: Worker | WorkerRoute, session_id: str, service: str, timeout: float,
+                   wait: bool = True) -> Stream | RemoteStream:
         """A stream to `service` of `session_id` on `worker`; the agent maps the name to an address it knows.
         When another replica holds the tunnel, the stream goes through that replica."""
         mux = self.held(worker.id)
@@ -73,7 +75,7 @@ class TunnelRegistry:
                                         f"through that replica")
             raise ServerUnavailable("this session's worker is not connected (its tunnel is down); try again shortly")
         try:
-            return await mux.open({"session": session_id, "service": service}, timeout=timeout)
+            return await mux.open({"session": session_id, "service": service}, timeout=timeout, wait=wait)
         except StreamReset as exc:
             raise ServerUnavailable(f"the session's {service} cannot be reached: {exc}") from None
 
