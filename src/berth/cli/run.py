@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -17,8 +18,18 @@ import typer
 from .common import err, escape, guard, run_loop
 
 
+class _RefusedUpgradeNoise(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs an error after every WebSocket upgrade the gateway refuses with a
+    status (401, 404, ...), though the client got its answer (uvicorn PR #3138): that line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def _serve(settings) -> None:
     import uvicorn
+
+    logging.getLogger("uvicorn.error").addFilter(_RefusedUpgradeNoise())
 
     from berth.server.app import create_app
 

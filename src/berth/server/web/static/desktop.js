@@ -43,6 +43,9 @@ function connect() {
   rfb.scaleViewport = false;
   rfb.clipViewport = false;
   rfb.focusOnClick = true;
+  // JPEG quality 5 of 9 (noVNC's default is 6): on busy pictures 6 needs ~44 Mbps, 5 ~27 Mbps at the same
+  // frame rate and looks the same (bench/gateway.py, desktop section).
+  rfb.qualityLevel = 5;
   rfb.addEventListener("connect", () => {
     setStatus("connected", "connected");
     rfb.focus();
