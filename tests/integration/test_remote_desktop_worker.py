@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -161,6 +162,41 @@ def test_viewer_input_counts_as_activity(stack, desktop):
         return any(reason.startswith("desktop input") for reason in view.get("kept_alive_by") or [])
 
     wait_for(kept_alive, timeout=45, what="kept_alive_by to name desktop input (reported every 30 s)")
+
+
+def test_the_direct_link_speaks_rfb_with_a_gateway_token(stack, desktop):
+    """links.direct is a WebSocket carrying the desktop's RFB bytes: a program with a gateway token gets the VNC
+    greeting through the gateway and the tunnel (the token as a header, or as a subprotocol)."""
+    from websockets.sync.client import connect
+
+    view = stack.api("GET", f"/api/v1/sessions/{desktop['id']}")
+    direct = view["links"]["direct"]
+    assert direct.endswith(f"/s/{desktop['id']}/vnc")
+    token = stack.api("POST", "/api/v1/tokens", json={"label": "vnc program", "kind": "gateway"})["token"]
+    with connect(direct, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=20) as ws:
+        assert ws.recv(timeout=20) == b"RFB 003.008\n"
+    with connect(direct, subprotocols=[f"berth.token.{token}", "binary"], open_timeout=20) as ws:
+        assert ws.subprotocol == "binary"  # the token subprotocol is never echoed back
+        assert ws.recv(timeout=20) == b"RFB 003.008\n"
+
+
+def test_a_desktops_workspace_is_stored_and_restored(stack):
+    first = launch(stack, "--name", "desk-ws", "--workspace", "~/work")
+    xterm = programs(first["id"])["xterm"]
+    workspace = Path(xterm.cwd())
+    assert workspace.name == "work"
+    note = workspace / "notes.txt"
+    # as the session user, like anything the user makes
+    subprocess.run(["runuser", "-u", xterm.username(), "--", "sh", "-c", f"echo kept across sessions > {note}"], check=True)
+    stack.cli("sessions", "stop", first["id"])
+    stack.wait_status(first["id"], "stopped", timeout=60)
+    second = launch(stack, "--name", "desk-ws-2", "--workspace", "~/work", "--restore-session", first["id"])
+    try:
+        assert second["restored_from"] == first["id"]
+        restored = Path(programs(second["id"])["xterm"].cwd()) / "notes.txt"
+        assert restored.read_text() == "kept across sessions\n"
+    finally:
+        stack.cli("sessions", "stop", second["id"], check=False)
 
 
 def test_stop_ends_the_desktop_and_removes_its_sockets(stack, desktop):
