@@ -31,6 +31,9 @@ APT_PACKAGES=(
   # a light window manager, a terminal; vncconfig and xset for users and tests
   tigervnc-standalone-server tigervnc-tools openbox xterm x11-xserver-utils
   python3-tk      # bench/gateway.py's desktop section: the moving windows it measures are Tk programs
+  # the container backend (BERTH_AGENT_BACKEND=container): Podman with runc (crun fails on cgroup v1 hosts),
+  # user namespaces (newuidmap), rootless-capable networking and overlays; debootstrap builds the test image
+  podman runc uidmap slirp4netns fuse-overlayfs debootstrap
 )
 
 # Bump to force a reinstall of the venv / node_modules on every machine.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +178,10 @@ class UserView(BaseModel):
     is_admin: bool
 
 
+# A session backend's name as agents report it (the server does not know the agent's list: it only matches names).
+BackendName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
 class WorkerRegister(WireModel):
     name: Line = Field(min_length=1, max_length=128)
     hostname: Line = Field(max_length=255)
@@ -187,6 +191,8 @@ class WorkerRegister(WireModel):
     gpus: list[JsonObject] = Field([], max_length=256)
     run_as: Line = Field(max_length=64)
     is_root: bool
+    backends: list[BackendName] = Field(["process"], min_length=1, max_length=16,
+                                        description="Session backends this agent runs (an agent of an older berth: process)")
     worker_id: Line | None = Field(None, max_length=32, description="Previous identity, to re-register after a restart")
 
 
@@ -205,6 +211,7 @@ class WorkerView(BaseModel):
     memory_bytes: int
     gpus: list[dict[str, Any]]
     run_as: str
+    backends: list[str] = Field(["process"], description="Session backends the worker offers (one naming an image needs container)")
     last_heartbeat: datetime | None
     tunnel_replica: str | None = Field(None, description="The server replica holding the agent's tunnel; null when the tunnel is down")
     tunnel_since: datetime | None = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from berth.apps.container_args import check_allowed_setting
 
 
 def default_data_dir() -> Path:
@@ -75,8 +77,19 @@ class ServerSettings(BaseSettings):
                                          "(saves the database reads for a page's burst of requests); a revoked token or removed "
                                          "member is refused at the latest this much later. 0: ask the database every time.")
     tunnel_open_timeout_s: float = Field(15.0, gt=0, description="How long the gateway waits for an agent to open a stream to a session.")
+    container_args_allowed: list[str] = Field(default_factory=list, description="Options of sessions' container_args that break "
+                                              "a session's isolation and are refused at launch, allowed here anyway (JSON list, "
+                                              "e.g. [\"--device\", \"--cap-add\", \"-v\"]): each lifts every refusal of that "
+                                              "option (--volume: bind mounts of any host path), and an option berth does not "
+                                              "know may be named (it then takes its value as --option=value). Options berth "
+                                              "sets itself (--name, --rm, --entrypoint, ...) cannot be allowed.")
     web_assets_dir: Path | None = Field(None, description="The node_modules directory the web pages' scripts and styles (htmx, uPlot, "
                                         "xterm.js, noVNC) are served from; the checkout's node_modules when unset (scripts/setup.sh).")
+
+    @field_validator("container_args_allowed")
+    @classmethod
+    def _container_args_allowed(cls, value: list[str]) -> list[str]:
+        return check_allowed_setting(value)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -112,6 +125,26 @@ class AgentSettings(BaseSettings):
     workspace_max_gb: float = Field(50.0, description="Largest workspace a session stores; over it the sync fails and the previous snapshot is kept.")
     setup_timeout_s: float = Field(3600.0, gt=0, description="Longest a session's setup (backend, workspace restore, the app's steps and servers) "
                                    "may take; past it the session fails and what was made is torn down.")
+    container_cli: str | None = Field(None, description="Container backend: the engine's CLI, podman or docker; the first of them "
+                                      "installed when unset.")
+    container_runtime: str | None = Field("runc", description="Container backend: the OCI runtime (--runtime): runc, crun, sysbox-runc; "
+                                          "unset: the engine's default.")
+    container_run_args: list[str] = Field(default_factory=list, description="Container backend: extra flags for every session's "
+                                          "`run` (JSON list), before the user's container_args; e.g. [\"--ulimit\", "
+                                          "\"nofile=1024:1024\", \"--ulimit\", \"nproc=1024:1024\"] where the host's limits "
+                                          "cannot be passed into containers.")
+    container_subuid_start: int = Field(1_000_000_000, ge=65536, description="Container backend (Podman): first host id of the "
+                                        "range sessions' user namespaces are cut from, 65536 ids per session, never reused; "
+                                        "must not overlap /etc/subuid ranges or real users.")
+    container_subuid_count: int = Field(1_000_000_000, ge=65536, description="Container backend (Podman): size of that range "
+                                        "(it is used up after count / 65536 sessions).")
+    container_cpus: float | None = Field(None, gt=0, description="Container backend: CPUs each session's container may use "
+                                         "(--cpus); unlimited when unset.")
+    container_memory: str | None = Field(None, pattern=r"^[0-9]+[bkmgBKMG]?$", description="Container backend: memory limit of "
+                                         "each session's container (--memory, e.g. 8g); unlimited when unset.")
+    container_network: str | None = Field(None, description="Container backend: the containers' network (--network); unset: "
+                                          "slirp4netns with Podman (each session its own user-mode stack, no route to other "
+                                          "sessions), bridge with Docker; none: no network at all.")
 
 
 class ClientSettings(BaseSettings):

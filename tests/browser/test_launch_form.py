@@ -154,3 +154,18 @@ def test_a_viewer_gets_no_launch_into_the_project(browse, stack):
     w.page.evaluate("window.scrollTo(0, 0)")
     w.shoot("launch-form-error")
     assert w.dialogs == []
+
+
+def test_naming_an_image_warns_when_the_queue_has_no_container_worker(browse, stack):
+    """The stack's agent runs the process backend only: an image on 'default' waits, and the form says so at once."""
+    w = browse(stack.url)
+    w.log_in("admin", ADMIN_PASSWORD, "/login?next=/apps/ssh-session/launch")
+    expect(w.page.locator("#queue-image-warning")).to_be_hidden()
+    w.page.fill("#f-image", "localhost/some-image:tag")
+    w.page.locator("#f-image").dispatch_event("change")
+    expect(w.page.locator("#queue-image-warning")).to_be_visible()
+    expect(w.page.locator("#queue-warning")).to_be_hidden()
+    w.page.fill("#f-image", "")
+    w.page.locator("#f-image").dispatch_event("change")
+    expect(w.page.locator("#queue-image-warning")).to_be_hidden()
+    assert w.dialogs == []

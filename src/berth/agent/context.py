@@ -29,6 +29,14 @@ class SupervisorContext(BaseModel):
     metrics_sample_s: float = AgentSettings.model_fields["metrics_sample_s"].default
     metrics_post_s: float = AgentSettings.model_fields["metrics_post_s"].default
     setup_timeout_s: float = AgentSettings.model_fields["setup_timeout_s"].default
+    container_cli: str | None = None
+    container_runtime: str | None = AgentSettings.model_fields["container_runtime"].default
+    container_run_args: list[str] = []
+    container_subuid_start: int = AgentSettings.model_fields["container_subuid_start"].default
+    container_subuid_count: int = AgentSettings.model_fields["container_subuid_count"].default
+    container_cpus: float | None = None
+    container_memory: str | None = None
+    container_network: str | None = None
 
     @classmethod
     def of(cls, settings: AgentSettings) -> SupervisorContext:

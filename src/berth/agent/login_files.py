@@ -55,7 +55,8 @@ def write_login_files(home: Path, workspace: Path, venv: Path | None, session_id
 {_MARKER}{session_id}: sshd runs this for every connection (ForceCommand), so that commands,
 # sftp and interactive shells all get the session environment and start in the workspace.
 {user_exports}export HOME={q(str(home))} {exports}
-export PATH="$BERTH_BIN:{BASE_PATH}" SHELL=/bin/bash LANG="${{LANG:-C.UTF-8}}"
+# BERTH_TOOLS: what the SSH server brings where the system may lack it (scp, rsync in a container), last
+export PATH="$BERTH_BIN:{BASE_PATH}${{BERTH_TOOLS:+:$BERTH_TOOLS}}" SHELL=/bin/bash LANG="${{LANG:-C.UTF-8}}"
 cd "$BERTH_WORKSPACE" 2>/dev/null || cd "$HOME" 2>/dev/null
 case "$SSH_ORIGINAL_COMMAND" in
   "") exec /bin/bash -l ;;
@@ -76,7 +77,7 @@ else case $- in *i*) [ -f ~/.bashrc ] && . ~/.bashrc ;; esac
 fi
 # Debian's /etc/profile resets PATH for login shells: put the session's bin (its venv's) first again.
 export {exports}
-export PATH="$BERTH_BIN:$PATH"
+export PATH="$BERTH_BIN:$PATH${{BERTH_TOOLS:+:$BERTH_TOOLS}}"
 cd "$BERTH_WORKSPACE" 2>/dev/null || true
 """
     path = home / ".bash_profile"

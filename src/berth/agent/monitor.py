@@ -122,6 +122,19 @@ class SocketActivity:
         return self.last_at
 
 
+def _same_mount_namespace(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == _OWN_MOUNT_NS
+    except OSError:
+        return False
+
+
+try:
+    _OWN_MOUNT_NS = os.stat("/proc/self/ns/mnt").st_ino
+except OSError:  # no /proc/self/ns (not Linux): no pty is trusted
+    _OWN_MOUNT_NS = -1
+
+
 class SessionSampler:
     """Samples one session's processes (``proctable.Scope``). Not thread-safe except ``note_input`` (call it
     from anywhere).
@@ -217,7 +230,9 @@ class SessionSampler:
     def _remember(self, members: dict[int, ProcStat], ticks: int, t: float, io: dict[int, tuple[int, int]]) -> None:
         self._prev, self._prev_io, self._prev_ticks, self._prev_t = members, io, ticks, t
         self._pids = set(members)
-        self._ttys = {p for st in members.values() if (p := st.pts)}
+        # A pty number means /dev/pts/N only in our own mount namespace: a container has its own devpts, and its
+        # /dev/pts/3 is not ours (warning or reading "ours" would reach somebody else's terminal).
+        self._ttys = {p for pid, st in members.items() if (p := st.pts) and _same_mount_namespace(pid)}
 
     def _cpu_ticks(self, members: dict[int, ProcStat]) -> int:
         deltas: dict[int, int] = {}

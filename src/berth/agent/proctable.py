@@ -12,7 +12,8 @@ its parent's uid and environment (sshd forks as root, then drops to the session 
 
 A process belongs to the session when any of these holds:
   * its real or effective uid is one of the scope's uids (root agents: the per-session ``berth-<id>`` user;
-    ``sudo`` run by it has the user's real uid);
+    ``sudo`` run by it has the user's real uid), or lies in one of its ``uid_ranges`` (a container's user
+    namespace: every process in it runs as a host id of its range);
   * its parent belongs (so the tree below the supervisor or a session shell belongs, ``sudo`` included);
   * its environment has ``BERTH_SESSION_ID=<id>`` (the login wrapper sets it);
   * its parent is the scope's ``root_pid`` (non-root agents: the supervisor), which itself is not counted.
@@ -42,6 +43,7 @@ class Scope:
     uids: frozenset[int] = frozenset()
     root_pid: int | None = None
     exclude: frozenset[int] = frozenset()
+    uid_ranges: tuple[range, ...] = ()
 
     @property
     def marker(self) -> bytes | None:
@@ -192,8 +194,10 @@ class ProcessTable:
         scope = self.scope
         if stat.pid in scope.exclude or stat.pid in self.ignored or stat.pid == scope.root_pid or stat.pid <= 1:
             return False
-        if scope.uids and not scope.uids.isdisjoint(read_uids(stat.pid) or ()):
-            return True
+        if scope.uids or scope.uid_ranges:
+            uids = read_uids(stat.pid) or ()
+            if not scope.uids.isdisjoint(uids) or any(uid in r for r in scope.uid_ranges for uid in uids):
+                return True
         if scope.root_pid is not None and stat.ppid == scope.root_pid:
             return True
         if stat.ppid > 1:

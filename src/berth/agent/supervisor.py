@@ -235,9 +235,12 @@ class Supervisor:
                     await asyncio.wait_for(self.stop_event.wait(), 2.0)
 
     async def _watch_app(self, every_s: float = 1.0) -> None:
-        """An app that stops serving fails the session with its reason, within a second."""
+        """An app (or the backend's environment: a dead container) that stops serving fails the session with its
+        reason, within a second. The backend first: its reason is the cause when both go down."""
         while not self.stop_event.is_set():
-            down = self.app.down_reason() if self.app is not None else None
+            down = await self.backend.down_reason()
+            if down is None and self.app is not None:
+                down = self.app.down_reason()
             if down is not None:
                 self.final, self.error = SessionStatus.failed, down
                 self.stop_event.set()

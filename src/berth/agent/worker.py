@@ -113,7 +113,7 @@ class Agent:
         info = WorkerRegister(
             name=s.name or socket.gethostname(), hostname=socket.getfqdn(), queues=s.queues, cpus=os.cpu_count() or 1,
             memory_bytes=psutil.virtual_memory().total, gpus=gpu_inventory(), run_as=getpass.getuser(),
-            is_root=os.geteuid() == 0,
+            is_root=os.geteuid() == 0, backends=[s.backend],  # the server gives it only sessions this backend runs
         )
         saved = self._load_identity()
         attempts = []

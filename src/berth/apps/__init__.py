@@ -30,22 +30,24 @@ def config_model(app: App | str) -> type[CommonConfig]:
         raise InvalidInput(f"app: unknown or unsupported app {app!r} (supported: {known})", field="app") from None
 
 
-def validate_config(app: App | str, data: Any, prefix: str = "config") -> CommonConfig:
-    """Validate a configuration dict; the error names the first offending field."""
+def validate_config(app: App | str, data: Any, prefix: str = "config", context: dict[str, Any] | None = None) -> CommonConfig:
+    """Validate a configuration dict; the error names the first offending field. `context`: what the server's
+    settings add to the checks (its admin's allowed container flags, `container_args.POLICY_CONTEXT`); the server
+    passes it for every launch, the agent and the CLI do not."""
     model = config_model(app)
     if not isinstance(data, dict):
         raise InvalidInput(f"{prefix or 'configuration'}: must be a JSON object", field=prefix)
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise invalid_from_validation(exc, prefix=prefix) from None
 
 
-def config_errors(app: App | str, data: dict[str, Any]) -> list[InvalidInput]:
+def config_errors(app: App | str, data: dict[str, Any], context: dict[str, Any] | None = None) -> list[InvalidInput]:
     """Every problem of a configuration dict (the launch form shows each next to its field), in the words
     `validate_config` uses; empty when it is valid."""
     try:
-        config_model(app).model_validate(data)
+        config_model(app).model_validate(data, context=context)
     except ValidationError as exc:
         return [_invalid(error, "config") for error in exc.errors()]
     return []
@@ -100,12 +102,12 @@ def document_config(doc: Any, app: App | str | None = None) -> tuple[App, dict[s
     return doc_app, doc.get("config", {})
 
 
-def parse_document(doc: Any, app: App | str | None = None) -> tuple[App, CommonConfig]:
+def parse_document(doc: Any, app: App | str | None = None, context: dict[str, Any] | None = None) -> tuple[App, CommonConfig]:
     """Validate a configuration file as a whole: an exported document, or (when `app` is given) a bare
     configuration object of that app, whose errors name the fields as written (`queue`, not `config.queue`)."""
     doc_app, config = document_config(doc, app)
     bare = config is doc
-    return doc_app, validate_config(doc_app, config, prefix="" if bare else "config")
+    return doc_app, validate_config(doc_app, config, prefix="" if bare else "config", context=context)
 
 
 __all__ = ["CONFIG_MODELS", "CommonConfig", "SshSessionConfig", "RemoteDesktopConfig", "config_model", "validate_config",

@@ -10,11 +10,12 @@ import re
 import shlex
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from berth.fields import Line, Text
 from berth.schemas import App
 
+from . import container_args as cargs
 from .common import WORKSPACE_HELP, CommonConfig, check_workspace
 
 # Dashboard items of the seed, in its order (rendered by the web UI and `sessions show`).
@@ -71,8 +72,10 @@ class SshSessionConfig(CommonConfig):
                                                                     "they go in --git-token-file / --git-ssh-key)")
     git_branch: Line | None = Field(None, max_length=255, description="Branch to check out")
     git_commit: Line | None = Field(None, max_length=255, description="Commit to check out")
-    image: Line | None = Field(None, max_length=512, description="Container image (container backend)")
-    container_args: Text | None = Field(None, max_length=4096, description="Extra container arguments (container backend)")
+    image: Line | None = Field(None, max_length=512, description="Container image the session runs in (only workers offering "
+                                                                 "the container backend take it), e.g. ubuntu:24.04")
+    container_args: Text | None = Field(None, max_length=4096, description="Extra options of the container's run, e.g. --cpus 2 "
+                                        "-e KEY=VALUE --shm-size 1g; options that break the session's isolation are refused")
     init_script: Text | None = Field(None, max_length=256 * 1024, description="Bash script run before the SSH server starts")
     packages: list[Annotated[Line, Field(max_length=1024)]] = Field(default_factory=list, max_length=1000,
                                                                     description="Extra Python packages, pip requirement syntax")
@@ -97,6 +100,18 @@ class SshSessionConfig(CommonConfig):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else cargs.check_image(value)
+
+    @field_validator("container_args")
+    @classmethod
+    def _container_args(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or ("image" not in info.data and info.context):  # a bad image is reported on its own
+            return value
+        return cargs.validate(value, info.data.get("image"), info.context)
 
     @field_validator("git_repo")
     @classmethod

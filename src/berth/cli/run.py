@@ -100,7 +100,8 @@ def _safe_url(url: str) -> str:
 def agent(
     server_url: str = typer.Option(..., "--server", envvar="BERTH_AGENT_SERVER", help="Server URL"),
     queue: list[str] = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable)"),
-    backend: str = typer.Option("process", help="process | container"),
+    backend: Optional[str] = typer.Option(None, help="Session backend: process | container (default: BERTH_AGENT_BACKEND, "
+                                                    "else process); only a container agent takes sessions that name an image"),
     token: Optional[str] = typer.Option(None, envvar="BERTH_AGENT_TOKEN", help="Registration token (agent or admin token)"),
     data_dir: Optional[Path] = typer.Option(None, help="Agent state directory (default ~/.berth/agent)"),
     name: Optional[str] = typer.Option(None, help="Worker name (default: hostname)"),

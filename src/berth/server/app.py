@@ -59,8 +59,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         secret_box = SecretBox.from_settings(settings.secret_key.get_secret_value() if settings.secret_key else None,
                                              settings.data_dir)
         app.state.tunnels.box = secret_box  # signs gateway hops between replicas
-        # services reach both through db.info: sealing secrets, waking long polls after a commit
-        app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box, "notifier": app.state.notifier})
+        # services reach these through db.info: sealing secrets, waking long polls after a commit, the launch policy
+        app.state.sessionmaker = sessionmaker(engine, info={"secret_box": secret_box, "notifier": app.state.notifier,
+                                                            "container_args_allowed": frozenset(settings.container_args_allowed)})
         async with app.state.sessionmaker() as db:
             generated = await accounts.bootstrap(db, settings.admin_password)
             await db.commit()

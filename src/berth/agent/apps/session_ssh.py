@@ -64,7 +64,12 @@ class SessionSsh:
 
     def __init__(self, runtime: SessionRuntime, *, dropbear: bool, env: dict[str, str]):
         self.runtime, self.env = runtime, env
-        self.kind, self.kind_reason = choose_kind(dropbear, os.geteuid() == 0)
+        self.options: dict[str, str] = {}
+        if needed := runtime.backend.ssh_server():  # the backend's sessions need their own kind (a container's)
+            self.kind, self.options = needed
+            self.kind_reason = f"{self.kind} SSH server, as the {runtime.backend.name} backend needs"
+        else:
+            self.kind, self.kind_reason = choose_kind(dropbear, os.geteuid() == 0)
         self.server: SshServer | None = None
 
     def _spec(self) -> SshServerSpec:
@@ -73,7 +78,8 @@ class SessionSsh:
         return SshServerSpec(kind=self.kind, run_dir=rt.session_dir / "ssh", home=rt.host.home, user=run_as.user,
                              password=rt.password, authorized_keys=rt.assignment.owner_ssh_keys,
                              shell_wrapper=login_wrapper(rt), bind_host=rt.context.bind_host, env=self.env,
-                             uid=run_as.uid, gid=run_as.gid, on_input=rt.note_input, keys_written_by_caller=True)
+                             uid=run_as.uid, gid=run_as.gid, on_input=rt.note_input, keys_written_by_caller=True,
+                             options=self.options)
 
     async def start(self) -> None:
         """Start the server (the login files must be written: ``write_logins``); again: nothing."""

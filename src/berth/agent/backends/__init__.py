@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import SessionBackend, SessionHost
+from .container import ContainerBackend
 from .process import ProcessBackend
 
-BACKENDS: dict[str, type[SessionBackend]] = {"process": ProcessBackend}
+BACKENDS: dict[str, type[SessionBackend]] = {"process": ProcessBackend, "container": ContainerBackend}
 
 
 def get_backend(name: str) -> type[SessionBackend]:
@@ -17,4 +18,4 @@ def get_backend(name: str) -> type[SessionBackend]:
         raise InvalidInput(f"backend: unknown backend {name!r} (available: {', '.join(BACKENDS)})", field="backend") from None
 
 
-__all__ = ["BACKENDS", "SessionBackend", "SessionHost", "ProcessBackend", "get_backend"]
+__all__ = ["BACKENDS", "SessionBackend", "SessionHost", "ProcessBackend", "ContainerBackend", "get_backend"]

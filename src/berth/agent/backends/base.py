@@ -14,6 +14,10 @@ Required methods:
 
 Optional:
     ``describe()``        one console line saying what isolation the session gets
+    ``down_reason()``     (async) why the session's environment stopped serving (a container that died), or None;
+                          the supervisor checks it every second, as the app's, and fails the session with it
+    ``ssh_server()``      the SSH server kind (``berth.agent.ssh.KINDS``) this backend's sessions need, with its
+                          options, or None (the default): the worker's usual choice (``berth.agent.ssh.choose_kind``)
     ``act_as_session()``  run a file task (``berth.agent.as_session.helper.TASKS``) as ``identity()``: restore, snapshot,
                           login files, helpers in the home. Never do such work as root on paths the user controls.
 """
@@ -39,6 +43,10 @@ class SessionHost:
     system_user: bool       # a per-session system user was created (root agents)
     socket_dir: Path        # where the supervisor's sockets for the session go: a directory the user cannot swap
     socket_gid: int | None  # the group allowed to connect to them (None: only the supervisor's own user)
+    setup_dir: Path | None = None  # where setup steps put private files the session reads (a path the session
+                                   # sees as the supervisor does); None: the system temp dir
+    worker_files: bool = True  # the session sees the worker's files (False in a container: host paths in the
+                               # operator's settings, such as local wheel dirs, mean nothing there)
 
 
 def make_socket_dir(path: Path, gid: int | None) -> Path:
@@ -105,3 +113,9 @@ class SessionBackend(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} backend"
+
+    async def down_reason(self) -> str | None:
+        return None
+
+    def ssh_server(self) -> tuple[str, dict[str, str]] | None:
+        return None

@@ -119,10 +119,11 @@ async def run_command(argv: list[str], *, run_as: RunAs | None = None, env: dict
 
 
 @contextlib.contextmanager
-def private_dir(scratch: Path, run_as: RunAs) -> Iterator[Path]:
-    """A 0700 dir readable by run_as only (and root), removed afterwards; see the module docstring."""
+def private_dir(scratch: Path, run_as: RunAs, under: Path | None = None) -> Iterator[Path]:
+    """A 0700 dir readable by run_as only (and root), removed afterwards; see the module docstring. `under`:
+    where the backend wants it instead of the system temp dir (``SessionHost.setup_dir``)."""
     if run_as.is_other:
-        path = Path(tempfile.mkdtemp(prefix="berth-setup-"))
+        path = Path(tempfile.mkdtemp(prefix="berth-setup-", dir=under))
         os.chown(path, run_as.uid, run_as.gid)
     else:
         Path(scratch).mkdir(parents=True, exist_ok=True, mode=0o700)

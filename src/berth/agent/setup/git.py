@@ -70,7 +70,7 @@ async def clone_git(repo: str, dest: Path, *, branch: str | None, commit: str | 
         dest.mkdir(parents=True)
         if run_as.is_other:
             os.chown(dest, run_as.uid, run_as.gid)
-    with private_dir(scratch, run_as) as private:
+    with private_dir(scratch, run_as, backend.host.setup_dir) as private:
         git, env = git_command(private, token=token, ssh_key=ssh_key, run_as=run_as)
 
         async def run_git(*args: str, what: str, quiet: bool = False) -> tuple[int, list[str]]:

@@ -18,7 +18,7 @@ async def run_init_script(script: str, *, cwd: Path, env: dict[str, str], backen
     """Run the script as the session user, streaming its output lines (a background job's lines keep coming
     after it returns). The script runs as written: '#' at line start is a bash comment."""
     run_as = session_run_as(backend)
-    with private_dir(scratch, run_as) as private:
+    with private_dir(scratch, run_as, backend.host.setup_dir) as private:
         path = private / "init.sh"
         write_private(path, script, 0o600, run_as)
         status, _ = await backend.run_in_session(["/bin/bash", str(path)], env=env, cwd=cwd, on_line=emit)

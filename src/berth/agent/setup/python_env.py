@@ -111,6 +111,9 @@ async def install_packages(venv: Path, requirements: list[str], backend: Session
     pass_fds: tuple[int, ...] = ()
     if uv:
         config = pip_index_options()
+        if not backend.host.worker_files:  # a container: the operator's local wheel dirs are not in it
+            config = [x for k, v in zip(config[::2], config[1::2], strict=True)
+                      if k == "--index-strategy" or re.match(r"https?://", v) for x in (k, v)]
         if "--index-url" in opts:  # the session's own index replaces the operator's default one
             config = [x for k, v in zip(config[::2], config[1::2], strict=True) if k != "--index-url" for x in (k, v)]
         opts = [x for o in opts for x in (("--prerelease", "allow") if o == "--pre" else (o,))]

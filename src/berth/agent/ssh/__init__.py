@@ -7,7 +7,9 @@ sshd. Each kind is an ``SshServer`` (base.py) in its own module:
 * ``openssh``  - the system's ``/usr/sbin/sshd`` (openssh.py; needs root: it checks passwords and switches users),
 * ``dropbear`` - ``/usr/sbin/dropbear`` (dropbear.py), light and also usable unprivileged where the host allows,
 * ``builtin``  - an asyncssh server inside the calling process (builtin.py), for non-root agents where
-  neither of the others can check passwords or allocate a pty.
+  neither of the others can check passwords or allocate a pty,
+* ``container`` - dropbear inside the session's container, one per connection (container.py), brought by
+  berth in a read-only bundle (bundle.py); chosen by the container backend (``SessionBackend.ssh_server``).
 
 ``choose_kind`` (choice.py) picks one; ``start_ssh_server`` starts it. Every login runs ``spec.shell_wrapper``
 as a forced command. The one list of allowed algorithms is in algorithms.py.
@@ -29,6 +31,7 @@ KINDS = {
     "openssh": "berth.agent.ssh.openssh:OpenSshServer",
     "dropbear": "berth.agent.ssh.dropbear:DropbearServer",
     "builtin": "berth.agent.ssh.builtin:BuiltinServer",
+    "container": "berth.agent.ssh.container:ContainerSshServer",
 }
 
 __all__ = ["KINDS", "SshServer", "SshServerSpec", "choose_kind", "fingerprint", "free_port", "kill_tree",

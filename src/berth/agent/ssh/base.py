@@ -27,7 +27,7 @@ KILL_GRACE = 1.0
 
 @dataclass
 class SshServerSpec:
-    kind: str  # a name in berth.agent.ssh.KINDS: "openssh", "dropbear" or "builtin"
+    kind: str  # a name in berth.agent.ssh.KINDS: "openssh", "dropbear", "builtin" or "container"
     run_dir: Path
     home: Path
     user: str
@@ -43,6 +43,9 @@ class SshServerSpec:
     # True: the caller writes ~/.ssh/authorized_keys as the session user (a supervisor does, with the login
     # files); False (a server started on its own): written here by write_authorized_keys, never through a link.
     keys_written_by_caller: bool = False
+    # what a kind needs beyond the above (the container kind: "container", its name, and "cli"); from the
+    # backend (SessionBackend.ssh_server)
+    options: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print the password
         return f"SshServerSpec(kind={self.kind!r}, user={self.user!r}, run_dir={str(self.run_dir)!r}, port={self.port!r})"

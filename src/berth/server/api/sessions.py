@@ -91,7 +91,7 @@ class ValidatedConfig(BaseModel):
 
 
 @config_router.post("/validate", response_model=ValidatedConfig, responses=errors(401, 422))
-async def validate(document: dict[str, Any], _user: CurrentUser) -> ValidatedConfig:
-    """Check an exported configuration file; nothing is created."""
-    app, config = parse_document(document)
+async def validate(document: dict[str, Any], db: Db, _user: CurrentUser) -> ValidatedConfig:
+    """Check an exported configuration file as a launch would; nothing is created."""
+    app, config = parse_document(document, context=svc.config_context(db))
     return ValidatedConfig(app=app.value, config=config.model_dump(mode="json"))

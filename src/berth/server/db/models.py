@@ -105,6 +105,7 @@ class Worker(Base):
     gpus: Mapped[list] = mapped_column(JSON, default=list)
     run_as: Mapped[str] = mapped_column(String(64), default="")
     is_root: Mapped[bool] = mapped_column(Boolean, default=False)
+    backends: Mapped[list] = mapped_column(JSON, default=lambda: ["process"])  # session backends it offers (claiming)
     token_hash: Mapped[str] = mapped_column(String(64), index=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -129,6 +130,8 @@ class Session(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker_id: Mapped[str | None] = mapped_column(ForeignKey("workers.id"), nullable=True, index=True)
     restored_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The backend a worker must offer to take it ("container" when the config names an image); null: any.
+    required_backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
     session_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     endpoints: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the app's Endpoints; secrets in them sealed

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.apps import export_document, validate_config
+from berth.apps.container_args import POLICY_CONTEXT
 from berth.errors import BerthError, Conflict, InvalidInput, NotFound
 from berth.schemas import (
     App, Endpoints, LastSnapshot, LaunchRequest, LaunchSecrets, Links, SessionStatus, SessionView, SupervisorControl, SupervisorStatus,
@@ -94,8 +95,14 @@ async def get_session(db: AsyncSession, session_id: str) -> Session:
     return row
 
 
+def config_context(db: AsyncSession) -> dict[str, Any]:
+    """What this server's settings add to validating a configuration: the container flags its admin allows
+    (`db.info`, set by the app; a database session without it allows none). Every launch is validated with it."""
+    return {POLICY_CONTEXT: db.info.get(POLICY_CONTEXT, frozenset())}
+
+
 async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Session:
-    config = validate_config(request.app, request.config)
+    config = validate_config(request.app, request.config, context=config_context(db))
     queue = (await db.execute(select(Queue).where(Queue.name == config.queue))).scalar_one_or_none()
     if queue is None:
         known = ", ".join(r[0] for r in await db.execute(select(Queue.name).order_by(Queue.name))) or "none yet"
@@ -108,17 +115,20 @@ async def launch(db: AsyncSession, user: User, request: LaunchRequest) -> Sessio
                                field="config.restore_session") from None
     project = await accounts.project_for_launch(db, user, config.project)
     session_id = security.new_id()
+    dumped = config.model_dump(mode="json")
     row = Session(
         id=session_id, app=request.app.value, name=config.name or f"{request.app.value}-{session_id[:6]}",
         project_id=project.id, owner_id=user.id, queue_id=queue.id, tags=config.tags,
-        config=config.model_dump(mode="json"), secrets=secretbox.box(db).seal_values(request.secrets.model_dump(exclude_none=True)),
+        config=dumped, required_backend=queues.required_backend(dumped),
+        secrets=secretbox.box(db).seal_values(request.secrets.model_dump(exclude_none=True)),
         status=SessionStatus.queued.value, restored_from=config.restore_session,
     )
     db.add(row)
     await db.flush()
     await add_event(db, session_id, f"status: queued on {queue.name!r} by {user.username}")
-    if not (await queues.online_workers(db)).get(queue.name):
-        await add_event(db, session_id, queues.unserved_warning(queue.name), level="warning")
+    warning = queues.launch_warning((await queues.loads(db)).get(queue.name), queue.name, row.required_backend)
+    if warning:
+        await add_event(db, session_id, warning, level="warning")
     notify.after_commit(db, queue_topic(queue.id))
     return row
 

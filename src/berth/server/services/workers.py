@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.errors import Conflict, NotFound
@@ -28,6 +28,7 @@ async def register(db: AsyncSession, info: WorkerRegister) -> tuple[Worker, str]
     worker.name, worker.hostname, worker.queues = info.name, info.hostname, sorted(set(info.queues))
     worker.cpus, worker.memory_bytes, worker.gpus = info.cpus, info.memory_bytes, info.gpus
     worker.run_as, worker.is_root = info.run_as, info.is_root
+    worker.backends = sorted(set(info.backends))
     worker.token_hash = security.hash_token(token)
     worker.status = WorkerStatus.online.value
     worker.last_heartbeat = utcnow()
@@ -58,8 +59,10 @@ async def try_claim(db: AsyncSession, worker: Worker) -> Assignment | None:
     qids = await queue_ids(db, worker)
     if not qids:
         return None
-    candidates = await db.execute(select(Session.id).where(Session.status == SessionStatus.queued.value, Session.queue_id.in_(qids))
-                                  .order_by(Session.created_at).limit(5))
+    # Only sessions it can run: one that names an image needs a worker offering the container backend.
+    runnable = or_(Session.required_backend.is_(None), Session.required_backend.in_(worker.backends or ["process"]))
+    candidates = await db.execute(select(Session.id).where(Session.status == SessionStatus.queued.value, Session.queue_id.in_(qids),
+                                                           runnable).order_by(Session.created_at).limit(5))
     for (sid,) in candidates:
         token = security.new_token("session")
         result = await db.execute(update(Session).where(Session.id == sid, Session.status.in_(sources(SessionStatus.starting))).values(
@@ -95,7 +98,8 @@ async def claim(db: AsyncSession, worker: Worker, poll: notify.Poll) -> Assignme
 async def list_workers(db: AsyncSession) -> list[WorkerView]:
     rows = (await db.execute(select(Worker).order_by(Worker.name))).scalars()
     return [WorkerView(id=w.id, name=w.name, hostname=w.hostname, queues=w.queues, status=w.status, cpus=w.cpus,
-                       memory_bytes=w.memory_bytes, gpus=w.gpus, run_as=w.run_as, last_heartbeat=w.last_heartbeat,
+                       memory_bytes=w.memory_bytes, gpus=w.gpus, run_as=w.run_as, backends=w.backends or ["process"],
+                       last_heartbeat=w.last_heartbeat,
                        tunnel_replica=w.tunnel_replica, tunnel_since=w.tunnel_since) for w in rows]
 
 

@@ -33,13 +33,17 @@ async def _form(request: Request, db, browser: Browser, slug: str, values: dict[
     by_field, general = launch_form.field_errors(model, list(errors))
     loads = await queues.with_workers(db)
     workers = {q.name: q.online_workers for q in loads}
+    queue = str(values.get("queue", ""))
+    load = next((q for q in loads if q.name == queue), None)
+    needs = queues.required_backend(values)
     projects = [name for name, role in await accounts.list_projects(db, browser.user)
                 if Role(role).rank >= Role.member.rank]
     return render(request, "launch.html", {
         "browser": browser, "app": app, "info": APPS[app], "groups": launch_form.groups(model), "values": values,
         "errors": by_field, "general": general, "notice": notice, "queues": loads, "projects": projects,
-        "queue_unserved": not workers.get(str(values.get("queue", ""))),
-        "unserved": queues.unserved_warning(str(values.get("queue", "")))}, status_code=status_code)
+        "queue_unserved": not workers.get(queue), "unserved": queues.unserved_warning(queue),
+        "queue_unable": bool(load and load.online_workers and needs and not load.backends.get(needs))},
+        status_code=status_code)
 
 
 @router.get("/apps/{slug}/launch")
@@ -55,11 +59,11 @@ async def launch_page(request: Request, slug: str, db: Db, browser: CurrentBrows
                        notice=f"Cloned from session {source.id}: its workspace is restored (edit anything before launching).")
 
 
-def _read(model, posted: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], list[InvalidInput]]:
+def _read(db, model, posted: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], list[InvalidInput]]:
     """The posted configuration and secrets with every problem the model finds."""
     config = launch_form.from_form(model, posted)
     secrets = launch_form.secrets_from_form(posted)
-    errors = config_errors(model.app, config)
+    errors = config_errors(model.app, config, context=sessions.config_context(db))
     try:
         LaunchSecrets.model_validate(secrets)
     except ValidationError as exc:
@@ -80,7 +84,7 @@ def _kept(model, posted: dict[str, str]) -> dict[str, Any]:
 async def launch(request: Request, slug: str, db: Db, browser: CurrentBrowser) -> Response:
     model = config_model(_app(slug))
     posted = await forms.fields(request)
-    config, secrets, errors = _read(model, posted)
+    config, secrets, errors = _read(db, model, posted)
     status_code = 422
     if not errors:
         try:
@@ -108,7 +112,7 @@ async def import_preview(request: Request, slug: str, db: Db, browser: CurrentBr
     if not isinstance(raw, dict):
         return await _form(request, db, browser, slug, launch_form.to_form(model, {}), status_code=422,
                            errors=[InvalidInput("Import Configuration: config: must be a JSON object")])
-    errors = config_errors(model.app, raw)
+    errors = config_errors(model.app, raw, context=sessions.config_context(db))
     return await _form(request, db, browser, slug, launch_form.to_form(model, raw), errors=errors,
                        notice="Configuration imported: check it, then press Launch.", status_code=422 if errors else 200)
 
@@ -122,7 +126,7 @@ async def export_form(request: Request, slug: str, db: Db, browser: CurrentBrows
     """Export Configuration: the form's current configuration as the document `berth sessions export` writes."""
     model = config_model(_app(slug))
     posted = await forms.fields(request)
-    config, _secrets, errors = _read(model, posted)
+    config, _secrets, errors = _read(db, model, posted)
     if errors:
         return await _form(request, db, browser, slug, _kept(model, posted), errors=errors, status_code=422)
     document = export_document(model.app, model.model_validate(config).model_dump(mode="json"))

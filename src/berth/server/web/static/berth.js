@@ -72,9 +72,17 @@ document.addEventListener("change", (event) => {
     });
     return;
   }
-  const queue = event.target.closest("[data-queue-select]");
-  if (queue) {
-    const warning = document.getElementById("queue-warning");
-    if (warning) warning.hidden = queue.selectedOptions[0].dataset.workers !== "0";
-  }
+  if (event.target.closest("[data-queue-select]") || event.target.id === "f-image") queueWarnings();
 });
+
+// The launch form says at once when the chosen queue has no online worker, or none that runs container images.
+function queueWarnings() {
+  const queue = document.querySelector("[data-queue-select]");
+  if (!queue || !queue.selectedOptions.length) return;
+  const option = queue.selectedOptions[0].dataset;
+  const image = document.getElementById("f-image");
+  const unserved = document.getElementById("queue-warning");
+  const unable = document.getElementById("queue-image-warning");
+  if (unserved) unserved.hidden = option.workers !== "0";
+  if (unable) unable.hidden = !(image && image.value.trim() && option.workers !== "0" && option.containerWorkers === "0");
+}

@@ -1,0 +1,380 @@
+"""The `container` backend: each session runs in its own container of the image it names (Podman or Docker).
+
+One container per session, ``berth-<session id>``, labelled ``berth.session=<id>``, made in ``prepare()`` and
+removed at teardown. Root inside is never root outside: with Podman each container gets its own slice of
+65536 host ids (``container_subuid_start``/``_count`` settings, never reused, high-water mark in the homes
+dir); with Docker the daemon's userns-remap range (``container_cli.docker_remap_range``). The session user is
+uid/gid 1000 inside (passwd, group and shadow entries written as container root with nothing but ``sh``),
+host id ``<base>+1000``: ``identity()`` is that id, so restore, snapshot and login files act as the user the
+container sees. Its home (``<homes_dir>/containers/<id>``: kept apart, so process-backend sessions never pick
+ids from its owners) and its socket dir are bind-mounted at the same paths, so paths agree inside and out.
+
+The container's main process is a shell that only stays up (and reaps orphans: pid 1's job); everything else
+enters through ``<cli> exec`` (``run_in_session``; the SSH server does the same per connection). The image needs
+nothing of berth's but ``/bin/sh``. ``down_reason()`` watches that main process: a container that dies fails the
+session with its exit status and its last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from berth.agent.as_session import Identity
+from berth.agent.context import SupervisorContext
+from berth.agent.processes import kill_scope
+from berth.agent.proctable import Scope
+from berth.agent.run_as import RunAs
+from berth.agent.session_files import ASSIGNMENT_FILE
+from berth.agent.session_users import lock_home
+from berth.agent.setup.commands import run_command
+from berth.apps import container_args
+from berth.errors import SetupFailed
+
+from .base import SessionBackend, SessionHost, make_socket_dir
+from .container_cli import USERNS_SIZE, ContainerCli, RunSpec, container_name, docker_remap_range
+from .process import session_user_name
+
+SESSION_UID = 1000          # the session user's uid and gid inside the container
+STATE_FILE = "container.json"  # in the session dir: what teardown after a dead supervisor needs
+_SLICES = ".berth-container-slices"
+# The engine runs as root with this environment only: the session's HOME or XDG dirs would make it read
+# configuration the session user wrote.
+_ENGINE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+# pid 1: stays up, ends on TERM saying so (its log is what the console shows of a container that died), and
+# reaps the orphans of exec'd processes (`wait` reaps any child).
+_MAIN = ["/bin/sh", "-c", "trap 'echo \"berth: the container got SIGTERM\"; exit 143' TERM; "
+         "trap 'exit 130' INT; if command -v sleep >/dev/null 2>&1; then "
+         "while :; do sleep 86400 & wait $!; done; else while read -r _; do :; done; fi"]
+# Writes the session user's entries as container root: $1 name, $2 id, $3 home, $4 days since epoch; the
+# password hash on stdin (never in argv). Any entry with that name or id is replaced (images often have a 1000).
+_ADD_USER = r"""
+set -ef
+name=$1 id=$2 home=$3 today=$4 nl='
+'
+IFS= read -r hash || true
+shell=/bin/sh
+[ -x /bin/bash ] && shell=/bin/bash
+drop() {
+  f=$1 by_id=$2 kept=
+  [ -f "$f" ] || return 0
+  while IFS= read -r line || [ -n "$line" ]; do
+    IFS=:
+    set -- $line
+    IFS=" "
+    [ "$1" = "$name" ] && continue
+    [ "$by_id" = 1 ] && [ "${3:-}" = "$id" ] && continue
+    kept="$kept$line$nl"
+  done < "$f"
+  printf '%s' "$kept" > "$f"
+}
+umask 022
+drop /etc/passwd 1
+printf '%s:x:%s:%s:berth session:%s:%s\n' "$name" "$id" "$id" "$home" "$shell" >> /etc/passwd
+drop /etc/group 1
+printf '%s:x:%s:\n' "$name" "$id" >> /etc/group
+umask 077
+drop /etc/shadow 0
+[ -n "$hash" ] && printf '%s:%s:%s:0:99999:7:::\n' "$name" "$hash" "$today" >> /etc/shadow
+exit 0
+"""
+
+
+def read_context(session_dir: Path) -> SupervisorContext:
+    """The agent's settings for this session (assignment.json), as the supervisor reads them."""
+    data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
+    return SupervisorContext.model_validate(data["agent"])
+
+
+def allocate_slice(state_dir: Path, start: int, count: int) -> int:
+    """The first host id of a fresh slice of USERNS_SIZE ids in [start, start + count): never handed out before."""
+    _check_range(start, count)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / _SLICES, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # concurrent supervisors
+        try:
+            used = json.loads(f.read() or "{}")
+        except ValueError:
+            used = {}
+        base = max(start, int(used.get("next", 0)))  # a moved start never goes back over handed-out ids
+        if base + USERNS_SIZE > start + count:
+            raise SetupFailed(f"the container user-namespace range {start}+{count} is used up (every session gets "
+                              "ids never used before): move BERTH_AGENT_CONTAINER_SUBUID_START past "
+                              f"{base} or widen BERTH_AGENT_CONTAINER_SUBUID_COUNT")
+        f.seek(0)
+        f.truncate()
+        json.dump({"next": base + USERNS_SIZE}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return base
+
+
+def _check_range(start: int, count: int) -> None:
+    if start + count > 2**32 - 2:
+        raise SetupFailed("BERTH_AGENT_CONTAINER_SUBUID_START + _COUNT go past the largest user id (2^32 - 2)")
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                owner, _, rest = line.partition(":")
+                first, _, n = rest.partition(":")
+                if first.isdigit() and n.isdigit() and int(first) < start + count and start < int(first) + int(n):
+                    raise SetupFailed(f"the container user-namespace range {start}+{count} overlaps {owner}'s "
+                                      f"range in {path}: set BERTH_AGENT_CONTAINER_SUBUID_START elsewhere")
+
+
+class ContainerBackend(SessionBackend):
+    name = "container"
+
+    def __init__(self, session_id: str, session_dir: Path, **kw):
+        super().__init__(session_id, session_dir, **kw)
+        self.container = container_name(session_id)
+        self._cli: ContainerCli | None = None
+        self._base: int | None = None
+        self._main: psutil.Process | None = None
+        self._down: str | None = None
+        data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
+        self.ctx = SupervisorContext.model_validate(data["agent"])
+        config = data["assignment"]["config"]
+        self.image: str | None = config.get("image")
+        self.user_args = container_args.split(config.get("container_args") or "")
+
+    # --- the plan: engine and id range (also what describe() shows before prepare) -----------------------
+    @property
+    def cli(self) -> ContainerCli:
+        if self._cli is None:
+            self._cli = ContainerCli.choose(self.ctx.container_cli)
+        return self._cli
+
+    @property
+    def uid_base(self) -> int:
+        if self._base is None:
+            if self.cli.kind == "docker":
+                status, out = _sync_engine(self.cli.info_userns_argv())
+                subuid = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
+                self._base = docker_remap_range(out if status == 0 else "", subuid)
+            else:
+                self._base = allocate_slice(self.homes_dir / "containers", self.ctx.container_subuid_start,
+                                            self.ctx.container_subuid_count)
+        return self._base
+
+    @property
+    def session_uid(self) -> int:
+        return self.uid_base + SESSION_UID
+
+    def describe(self) -> str:
+        try:
+            cli, base = self.cli, self.uid_base
+        except SetupFailed:  # prepare() says why
+            return f"container backend: image {self.image}"
+        runtime = self.ctx.container_runtime or "the engine's default"
+        return (f"container {self.image} (runtime {runtime}, {cli.kind}, user namespace: root → host uid {base}, "
+                f"session user → {base + SESSION_UID})")
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def prepare(self) -> SessionHost:
+        if not self.image:
+            raise SetupFailed("this worker runs sessions in containers and the session names no image: "
+                              "launch it with an image (--image)")
+        cli = self.cli
+        status, _ = await self._engine(cli.image_exists_argv(self.image))
+        if status:
+            raise SetupFailed(f"image {self.image!r} is not on this worker ({cli.kind} images); pull or build it there")
+        uid = self.session_uid
+        home = self._make_home(uid)
+        socket_dir = make_socket_dir(self.runtime_dir / self.session_id, uid)
+        _write_state(self.session_dir, {"cli": cli.kind, "base": self.uid_base, "home": str(home)})
+        spec = RunSpec(
+            name=self.container, session_id=self.session_id, image=self.image, command=_MAIN,
+            uid_base=self.uid_base, mounts=[(str(home), str(home), ""), (str(socket_dir), str(socket_dir), ""),
+                                            *(await asyncio.to_thread(_ssh_bundle, self.session_dir)).mounts()],
+            runtime=self.ctx.container_runtime, cpus=self.ctx.container_cpus, memory=self.ctx.container_memory,
+            network=self.ctx.container_network, gpus=_has_gpus(), hostname=f"berth-{self.session_id[:12]}",
+            engine_args=list(self.ctx.container_run_args), user_args=self.user_args)
+        status, tail = await self._engine(cli.run_argv(spec))
+        if status:
+            raise SetupFailed(f"could not start a container of {self.image}: " + "\n".join(tail[-8:]))
+        status, tail = await self._engine(cli.inspect_argv(self.container, "{{.State.Pid}}"))
+        with contextlib.suppress(ValueError, psutil.Error):
+            self._main = psutil.Process(int(tail[-1]))
+        if self._main is None:
+            raise SetupFailed(f"the container of {self.image} did not stay up: {await self._exit_story()}")
+        user = session_user_name(self.session_id)
+        await self._add_user(user, home)
+        self.host = SessionHost(run_as=RunAs(user, uid, uid, home), home=home, system_user=False,
+                                socket_dir=socket_dir, socket_gid=uid, setup_dir=socket_dir, worker_files=False)
+        return self.host
+
+    def _make_home(self, uid: int) -> Path:
+        parent = self.homes_dir / "containers"
+        parent.mkdir(parents=True, exist_ok=True)
+        for path in (self.homes_dir, parent):
+            os.chmod(path, 0o755)  # traversed by the mapped users (act_as_session runs as them on the host)
+        home = parent / self.session_id
+        try:
+            os.mkdir(home, 0o750)
+        except FileExistsError:
+            st = os.lstat(home)
+            if st.st_uid != uid or not home.is_dir() or home.is_symlink():
+                raise SetupFailed(f"refusing to adopt {home}: it exists already (a stale home of another session)") from None
+        os.chown(home, uid, uid, follow_symlinks=False)
+        os.chmod(home, 0o750, follow_symlinks=False)
+        return home
+
+    async def _add_user(self, user: str, home: Path) -> None:
+        status, tail = await run_command(["openssl", "passwd", "-6", "-stdin"], env=_ENGINE_ENV,
+                                         stdin=self.password.encode() + b"\n")
+        hash_line = tail[-1] if status == 0 and tail and tail[-1].startswith("$6$") else ""
+        argv = self.cli.exec_argv(self.container, ["/bin/sh", "-c", _ADD_USER, "sh", user, str(SESSION_UID), str(home),
+                                                   str(int(time.time() // 86400))], user="0:0", interactive=True)
+        status, tail = await self._engine(argv, stdin=f"{hash_line}\n".encode())
+        if status:
+            raise SetupFailed(f"could not add the session user inside the container ({self.image} needs /bin/sh): "
+                              + "\n".join(tail[-5:]))
+
+    def identity(self) -> Identity:
+        if self.host is None:
+            raise RuntimeError("identity() before prepare()")
+        return Identity(self.session_uid, self.session_uid)
+
+    def ssh_server(self) -> tuple[str, dict[str, str]]:
+        """dropbear inside the container (berth.agent.ssh.container), from the bundle mounted at /berth."""
+        return "container", {"container": self.container, "cli": self.cli.kind}
+
+    def exec_argv(self, argv: list[str], *, root: bool = False, cwd: str | None = None, env_file: str | None = None,
+                  env_names: list[str] = (), interactive: bool = False, preserve_fds: int = 0) -> list[str]:
+        """The engine's argv running `argv` in the session's container, as the session user (or container root)."""
+        user = "0:0" if root else f"{SESSION_UID}:{SESSION_UID}"
+        return self.cli.exec_argv(self.container, argv, user=user, cwd=cwd, env_file=env_file, env_names=env_names,
+                                  interactive=interactive, preserve_fds=preserve_fds)
+
+    async def run_in_session(self, argv: list[str], *, env: dict[str, str], cwd: str | Path,
+                             stdin: bytes | None = None, on_line: Callable[[str], None] | None = None,
+                             pass_fds: tuple[int, ...] = ()) -> tuple[int, list[str]]:
+        """`argv` through `<cli> exec`. Values go in a private env file (never argv); those with a newline,
+        which an env file cannot hold, by name from the engine's own environment. A passed fd the command
+        names as /proc/self/fd/N is renumbered from 3 up, the numbers `exec --preserve-fds` passes."""
+        if self.host is None:
+            raise RuntimeError("run_in_session() before prepare()")
+        engine_env = dict(_ENGINE_ENV)
+        multiline = {k: v for k, v in env.items() if "\n" in v or "\r" in v}
+        engine_env.update(multiline)
+        renumber = {f"/proc/self/fd/{fd}": f"/proc/self/fd/{3 + i}" for i, fd in enumerate(pass_fds)}
+        argv = [renumber.get(a, a) for a in argv]
+        fd, env_file = tempfile.mkstemp(prefix="exec-env-", dir=self.session_dir)  # the agent's private dir
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(f"{k}={v}\n" for k, v in env.items() if k not in multiline)
+            cmd = self.exec_argv(argv, cwd=str(cwd), env_file=env_file, env_names=list(multiline),
+                                 interactive=stdin is not None, preserve_fds=len(pass_fds))
+            if pass_fds:  # bash (not sh) for fd numbers above 9
+                moves = " ".join(f"{3 + i}<&{fd}" for i, fd in enumerate(pass_fds))
+                cmd = ["/bin/bash", "-c", f'exec "$@" {moves}', "bash", *cmd]
+            return await run_command(cmd, env=engine_env, stdin=stdin, on_line=on_line, pass_fds=pass_fds)
+        finally:
+            os.unlink(env_file)
+
+    def process_scope(self) -> Scope:
+        """Every process in the container runs as a host id of its range; the marker catches the rest."""
+        if self._base is None:
+            return Scope(session_id=self.session_id)
+        return Scope(session_id=self.session_id, uid_ranges=(range(self._base, self._base + USERNS_SIZE),))
+
+    async def down_reason(self) -> str | None:
+        """Checked every second: a look at the main process; the engine is asked only once it is gone."""
+        if self._down is None and self._main is not None and not _alive(self._main):
+            self._down = await self._exit_story()
+        return self._down
+
+    async def _exit_story(self) -> str:
+        status, tail = await self._engine(self.cli.inspect_argv(self.container, "{{.State.ExitCode}}"))
+        if status:
+            return f"the container {self.container} is gone (removed outside berth?)"
+        code = tail[-1] if tail else "?"
+        _, logs = await self._engine(self.cli.logs_argv(self.container, 10))
+        story = f"the container {self.container} exited with status {code}"
+        return story + (":\n" + "\n".join(logs[-10:]) if logs else " (no output)")
+
+    async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
+        if host is None:  # prepare() cut short: clean up as for a dead supervisor
+            return await self.clean_up_orphan(self.session_id, self.session_dir, runtime_dir=self.runtime_dir)
+        status, tail = await self._engine(self.cli.remove_argv(self.container))
+        if status:
+            raise SetupFailed(f"could not remove the container {self.container}: " + "\n".join(tail[-3:]))
+        killed = await asyncio.to_thread(kill_scope, self.process_scope(), exclude=exclude_pids)
+        await asyncio.to_thread(lock_home, host.home, self.session_uid)
+        (self.session_dir / STATE_FILE).unlink(missing_ok=True)
+        return killed
+
+    @classmethod
+    async def clean_up_orphan(cls, session_id: str, session_dir: Path, *, runtime_dir: Path) -> int:
+        """What a dead supervisor would have torn down: the container (by label), leftovers of its id range,
+        its secrets and sockets; the home is locked, as at teardown."""
+        try:
+            state = json.loads((session_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        with contextlib.suppress(OSError, ValueError, SetupFailed):
+            cli = ContainerCli.choose(state.get("cli") or read_context(session_dir).container_cli)
+            _, names = await run_command(cli.list_by_label_argv(session_id), env=_ENGINE_ENV)
+            for name in {*names, container_name(session_id)}:  # the label finds it under any name
+                await run_command(cli.remove_argv(name), env=_ENGINE_ENV)
+        base = state.get("base")
+        scope = Scope(session_id=session_id, uid_ranges=(range(base, base + USERNS_SIZE),) if base else ())
+        killed = await asyncio.to_thread(kill_scope, scope)
+        if base and state.get("home"):
+            await asyncio.to_thread(lock_home, Path(state["home"]), base + SESSION_UID)
+        for path in (session_dir / "secrets.json", session_dir / "scratch", session_dir / STATE_FILE,
+                     runtime_dir / session_id):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return killed
+
+    async def _engine(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, list[str]]:
+        return await run_command(argv, env=_ENGINE_ENV, stdin=stdin)
+
+
+def _sync_engine(argv: list[str]) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(argv, env=_ENGINE_ENV, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, str(exc)
+    return proc.returncode, proc.stdout
+
+
+def _write_state(session_dir: Path, state: dict) -> None:
+    fd = os.open(session_dir / STATE_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _ssh_bundle(session_dir: Path):
+    from berth.agent.ssh.bundle import cache_dir_for, ensure_bundle  # SSH's tools, mounted read-only at /berth
+
+    return ensure_bundle(cache_dir_for(session_dir))
+
+
+def _has_gpus() -> bool:
+    from berth.agent.gpus import GpuReader
+
+    return GpuReader().available
