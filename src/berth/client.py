@@ -123,6 +123,10 @@ class BerthClient:
     async def heartbeat(self, worker_id: str) -> list[str]:
         return (await self._json("POST", f"/api/v1/workers/{worker_id}/heartbeat"))["sessions"]
 
+    async def abandon(self, worker_id: str, session_ids: list[str]) -> list[str]:
+        data = await self._json("POST", f"/api/v1/workers/{worker_id}/abandon", json={"sessions": session_ids})
+        return data["failed"]
+
     async def claim(self, worker_id: str, wait: float) -> Assignment | None:
         data = await self._json("POST", f"/api/v1/workers/{worker_id}/claim", params={"wait": wait}, long_poll=wait)
         return Assignment.model_validate(data) if data else None

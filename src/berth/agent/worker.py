@@ -78,6 +78,8 @@ class Agent:
         self.stopping = asyncio.Event()
         self.zygote: subprocess.Popen | None = None
         self.worker_token = ""
+        self.claimed: set[str] = set()   # sessions this run of the agent received
+        self._missing: set[str] = set()  # listed by the last heartbeat, never received
         self.tunnel: AgentTunnel | None = None
 
     # --- identity ---------------------------------------------------------------------------
@@ -175,7 +177,16 @@ class Agent:
             return False
 
     async def reconcile(self, expected: list[str]) -> None:
-        """Sessions the server thinks run here but whose supervisor is gone are failed with that reason."""
+        """Sessions the server thinks run here but whose supervisor is gone are failed with that reason; sessions
+        claimed for this worker that never reached it (a previous run of the agent died with the claim's answer in
+        flight) are abandoned: failed, saying so. A claim of this run may still be on its way when a heartbeat
+        lists it, so a session must be missing at two heartbeats in a row."""
+        never_received = [sid for sid in expected if sid not in self.claimed and not (self.sessions_dir / sid).exists()]
+        abandon = [sid for sid in never_received if sid in self._missing]
+        self._missing = set(never_received) - set(abandon)
+        if abandon:
+            with contextlib.suppress(BerthError):
+                await self.client.abandon(self.worker_id, abandon)
         for sid in expected:
             session_dir = self.sessions_dir / sid
             proc = self.children.get(sid)
@@ -248,6 +259,7 @@ class Agent:
                 await asyncio.sleep(2)
                 continue
             if assignment is not None:
+                self.claimed.add(assignment.session_id)
                 self.start_supervisor(assignment)
 
     async def run(self) -> None:

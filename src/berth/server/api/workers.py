@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from berth.schemas import Assignment, EventIn, SupervisorControl, SupervisorStatus, WorkerRegister, WorkerRegistered, WorkerView
 from berth.server.services import access
@@ -31,6 +31,21 @@ class HeartbeatReply(BaseModel):
 @router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatReply, responses=errors(401, 403))
 async def heartbeat(worker_id: str, db: Db, principal: Caller) -> HeartbeatReply:
     return HeartbeatReply(sessions=await svc.heartbeat(db, access.require_worker(principal, worker_id)))
+
+
+class AbandonRequest(BaseModel):
+    sessions: list[str] = Field(max_length=1000, description="Sessions claimed for this worker that it never received")
+
+
+class AbandonReply(BaseModel):
+    failed: list[str]
+
+
+@router.post("/workers/{worker_id}/abandon", response_model=AbandonReply, responses=errors(401, 403))
+async def abandon(worker_id: str, body: AbandonRequest, db: Db, principal: Caller) -> AbandonReply:
+    """The agent restarted between the server's claim and its answer: those sessions fail with that reason
+    (only sessions of this worker still starting; one whose supervisor reported meanwhile keeps its state)."""
+    return AbandonReply(failed=await svc.abandon(db, access.require_worker(principal, worker_id), body.sessions))
 
 
 @router.post("/workers/{worker_id}/claim", response_model=Assignment, responses={**errors(401, 403), 204: {"description": "Nothing to do"}})

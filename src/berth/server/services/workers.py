@@ -13,7 +13,7 @@ from berth.schemas import Assignment, LaunchSecrets, SessionStatus, WorkerRegist
 from berth.server.db.models import Queue, Session, User, Worker, utcnow
 
 from . import notify, secretbox, security
-from .sessions import add_event, fail_sessions_of_worker, queue_topic, sources
+from .sessions import add_event, fail_sessions_of_worker, final_values, queue_topic, session_topic, sources
 
 log = logging.getLogger("berth.server")
 
@@ -47,6 +47,26 @@ async def heartbeat(db: AsyncSession, worker: Worker) -> list[str]:
     running = [s.value for s in SessionStatus if s.is_running]
     rows = await db.execute(select(Session.id).where(Session.worker_id == worker.id, Session.status.in_(running)))
     return [r[0] for r in rows]
+
+
+NEVER_RECEIVED = "the agent restarted before it received this session (claimed by its previous run): launch it again"
+
+
+async def abandon(db: AsyncSession, worker: Worker, session_ids: list[str]) -> list[str]:
+    """Fail this worker's sessions that are still `starting` among `session_ids` (compare-and-set on the status)."""
+    if not session_ids:
+        return []
+    rows = await db.execute(select(Session.id).where(Session.id.in_(session_ids), Session.worker_id == worker.id,
+                                                     Session.status == SessionStatus.starting.value))
+    ids = [r[0] for r in rows]
+    if ids:
+        await db.execute(update(Session).where(Session.id.in_(ids), Session.status == SessionStatus.starting.value)
+                         .values(**final_values(SessionStatus.failed, NEVER_RECEIVED)))
+        for sid in ids:
+            await add_event(db, sid, f"status: failed: {NEVER_RECEIVED}", level="error")
+        notify.after_commit(db, *(session_topic(sid) for sid in ids))
+        log.warning("worker %s abandoned session(s) it never received: %s", worker.id, ", ".join(ids))
+    return ids
 
 
 async def queue_ids(db: AsyncSession, worker: Worker) -> list[int]:
