@@ -13,7 +13,10 @@
 #                    (marker "browser", tests/browser) are deselected there:
 #                    they test pages, whose SQL the HTTP-level web tests
 #                    cover on both databases (the summary counts them as
-#                    deselected),
+#                    deselected); so are the worker-side tests (marker
+#                    "worker", listed in tests/conftest.py): agent, supervisor,
+#                    servers, desktops and containers, which the database only
+#                    records,
 # 4. stops PostgreSQL (also on failure / Ctrl-C) and prints one summary line per
 #    run, then a total line. Exits non-zero if either run failed; pytest's exit 5
 #    ("no tests collected") counts as a failure.
@@ -102,7 +105,7 @@ EOF
   read -r p f s <<<"$counts"
   local verdict=PASS
   if ((rc == 5 && deselected > 0)) && [[ $label == postgres ]]; then
-    verdict="PASS (all were browser)"  # e.g. `test.sh tests/browser`: the sqlite run still fails on exit 5
+    verdict="PASS (all were browser/worker)"  # e.g. `test.sh tests/browser`: the sqlite run still fails on exit 5
     rc=0
   elif ((rc == 5)); then
     verdict="FAIL (no tests collected)"
@@ -120,7 +123,7 @@ EOF
 
 run_suite sqlite -- "$@"
 if ((!sqlite_only)); then
-  run_suite postgres BERTH_TEST_PG_URL="$PG_ADMIN_URL" -- -m "not browser" "$@"
+  run_suite postgres BERTH_TEST_PG_URL="$PG_ADMIN_URL" -- -m "not browser and not worker" "$@"
 fi
 
 echo

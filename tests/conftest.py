@@ -282,3 +282,20 @@ def session_processes(session_id: str) -> list[psutil.Process]:
         except (psutil.Error, OSError):
             continue
     return found
+
+
+# Worker-side modules: what they test runs in the agent, the supervisor and the session (servers, desktops,
+# containers, the session's environment and input), and the server's database only records it. They run once, on
+# SQLite; the PostgreSQL run (scripts/test.sh) deselects the "worker" marker, as it does "browser". Everything that
+# reads or writes through the server's services (API, pages, gateway authorization, claims, transitions) runs on both.
+WORKER_SIDE_MODULES = {
+    "test_as_session", "test_environment", "test_ssh_servers", "test_ssh_algorithms", "test_setup_steps",
+    "test_input_detection", "test_remote_desktop_worker", "test_container_backend", "test_container_ssh",
+    "test_container_e2e", "test_ssh_tunnel",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in WORKER_SIDE_MODULES:
+            item.add_marker(pytest.mark.worker)
