@@ -126,6 +126,14 @@ def test_an_image_that_is_not_there_fails_at_once_naming_it(cstack):
     assert not container_exists(view["id"])
 
 
+def test_an_image_without_git_says_so_when_a_repository_is_asked_for(cstack):
+    """The test image has no git: the clone step fails at once, saying what is missing, not "exit status 127"."""
+    view = json.loads(launch(cstack, "--git-repo", "https://example.com/org/repo.git", check=False).stdout)
+    assert view["status"] == "failed"
+    assert "git is not installed where this session runs" in view["error"], view["error"]
+    assert not container_exists(view["id"])
+
+
 def test_a_container_that_dies_fails_the_session_with_its_status_and_last_lines(cstack):
     sid = launched(cstack)["id"]
     # container root ends it from inside (the exec itself may die with the container: its status is not checked)
