@@ -51,7 +51,7 @@ def in_container(session_id: str, *argv: str, user: str = "1000:1000") -> str:
 
 def stop(stack, session_id: str) -> None:
     stack.cli("sessions", "stop", session_id)
-    stack.wait_status(session_id, "stopped", "failed", timeout=60)
+    assert stack.wait_status(session_id, "stopped", "failed", timeout=60)["status"] == "stopped", stack.events(session_id)
 
 
 def test_session_runs_in_its_own_container_as_an_unprivileged_host_range(cstack, tmp_path):

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -43,6 +44,8 @@ from berth.apps import container_args
 from berth.errors import SetupFailed
 
 from .base import SessionBackend, SessionHost, make_socket_dir
+
+log = logging.getLogger("berth.agent.container")
 from .container_cli import USERNS_SIZE, ContainerCli, RunSpec, container_name, docker_remap_range
 from .process import session_user_name
 
@@ -306,12 +309,24 @@ class ContainerBackend(SessionBackend):
         story = f"the container {self.container} exited with status {code}"
         return story + (":\n" + "\n".join(logs[-10:]) if logs else " (no output)")
 
+    async def _remove_container(self, attempts: int = 3) -> None:
+        """`rm --force`, trusting the engine's own word on whether the container is gone: Podman 4.3 sometimes exits
+        non-zero after removing it (a busy shm mount it fails to unlink), and that is no failure of the session."""
+        tail: list[str] = []
+        for attempt in range(attempts):
+            status, tail = await self._engine(self.cli.remove_argv(self.container))
+            gone, _ = await self._engine(self.cli.inspect_argv(self.container, "{{.Id}}"))
+            if gone:  # inspect fails: no such container
+                if status:
+                    log.info("container %s removed; the engine also said: %s", self.container, " ".join(tail[-2:]))
+                return
+            await asyncio.sleep(0.5 * (attempt + 1))
+        raise SetupFailed(f"could not remove the container {self.container}: " + "\n".join(tail[-3:]))
+
     async def teardown(self, host: SessionHost | None, *, exclude_pids: set[int]) -> int:
         if host is None:  # prepare() cut short: clean up as for a dead supervisor
             return await self.clean_up_orphan(self.session_id, self.session_dir, runtime_dir=self.runtime_dir)
-        status, tail = await self._engine(self.cli.remove_argv(self.container))
-        if status:
-            raise SetupFailed(f"could not remove the container {self.container}: " + "\n".join(tail[-3:]))
+        await self._remove_container()
         killed = await asyncio.to_thread(kill_scope, self.process_scope(), exclude=exclude_pids)
         await asyncio.to_thread(lock_home, host.home, self.session_uid)
         (self.session_dir / STATE_FILE).unlink(missing_ok=True)
