@@ -84,7 +84,7 @@ run_suite() {
   echo "test.sh: ===== $label run ====="
   t0=$(date +%s)
   set +e
-  env "${envs[@]}" "$PY" -m pytest -p no:cacheprovider -q --junitxml="$junit" "$@" 2>&1 | tee "$out"
+  env "${envs[@]}" "$PY" -m pytest -p no:cacheprovider -q --durations=15 --junitxml="$junit" "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   set -e
   # Deselected tests are not in the JUnit report: pytest's last line says how many ("N deselected").
