@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -34,7 +35,8 @@ async def heartbeat(worker_id: str, db: Db, principal: Caller) -> HeartbeatReply
 
 
 class AbandonRequest(BaseModel):
-    sessions: list[str] = Field(max_length=1000, description="Sessions claimed for this worker that it never received")
+    sessions: list[Annotated[str, Field(pattern=r"^[0-9a-f]{1,32}$")]] = Field(
+        max_length=1000, description="Sessions claimed for this worker that it never received (ids)")
 
 
 class AbandonReply(BaseModel):
