@@ -291,7 +291,7 @@ def session_processes(session_id: str) -> list[psutil.Process]:
 WORKER_SIDE_MODULES = {
     "test_as_session", "test_environment", "test_ssh_servers", "test_ssh_algorithms", "test_setup_steps",
     "test_input_detection", "test_remote_desktop_worker", "test_container_backend", "test_container_ssh",
-    "test_container_e2e", "test_ssh_tunnel",
+    "test_container_e2e", "test_ssh_tunnel", "test_ssh_session", "test_privilege_boundaries",
 }
 
 
