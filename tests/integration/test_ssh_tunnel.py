@@ -242,10 +242,11 @@ def test_ssh_reaches_a_worker_in_a_namespace_with_a_route_to_the_server_only(tmp
     from conftest import make_database_url
 
     tag = uuid.uuid4().hex[:6]
-    worker_net, client_net = (f"10.251.{random.randrange(256)}", f"10.252.{random.randrange(256)}")
     used = _ip("-4", "-o", "addr").stdout
-    if f" {worker_net}." in used or f" {client_net}." in used:
-        pytest.skip("the test subnets are in use on this machine")
+    free = [n for n in range(256) if f" 10.251.{n}." not in used and f" 10.252.{n}." not in used]
+    assert free, "every 10.251.x / 10.252.x subnet is in use on this machine: no room for the test's namespaces"
+    pick = random.choice(free)
+    worker_net, client_net = f"10.251.{pick}", f"10.252.{pick}"
     monkeypatch.setenv("BERTH_HOST", "0.0.0.0")  # the server answers on the veth addresses too
     stack = Stack(tmp_path, make_database_url(pg_admin_url))
     with _namespace(f"bw{tag}", f"bw{tag}h", worker_net), _namespace(f"bc{tag}", f"bc{tag}h", client_net):
