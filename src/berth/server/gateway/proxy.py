@@ -13,7 +13,6 @@ stream both ways.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
@@ -33,6 +32,8 @@ from berth.server.api.deps import public_base
 from berth.server.services.gateway_access import COOKIE as GATEWAY_COOKIE, TOKEN_SUBPROTOCOL
 from berth.server.web.browser import COOKIE as WEB_COOKIE
 from berth.tunnel.mux import StreamReset
+
+from .websockets import end_join
 
 UPSTREAM_HOST = "127.0.0.1"  # the app listens on the worker's loopback; its port is the agent's business
 WS_MAX_MESSAGE = 16 * 2**20
@@ -301,13 +302,7 @@ async def join_websocket(websocket: WebSocket, stream, protocol: ClientProtocol,
     except (WebSocketDisconnect, StreamReset):
         pass
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if not stream.closed:
-            await stream.reset("WebSocket ended")
-        with contextlib.suppress(Exception):
-            await websocket.close()
+        await end_join(websocket, stream, tasks, "WebSocket ended")
 
 
 async def _deliver(websocket: WebSocket, frame: Frame, kind: Opcode | None, parts: list[bytes]):

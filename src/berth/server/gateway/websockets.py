@@ -77,10 +77,15 @@ async def join(websocket: WebSocket, stream: Stream) -> None:
     except (WebSocketDisconnect, StreamReset):
         pass
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if not stream.closed:
-            await stream.reset("viewer left")
-        with contextlib.suppress(Exception):
-            await websocket.close()
+        await end_join(websocket, stream, tasks, "viewer left")
+
+
+async def end_join(websocket: WebSocket, stream, tasks: list[asyncio.Task], reason: str) -> None:
+    """After a WebSocket ⇄ stream join: both pumps stopped, the stream reset (if still open), the socket closed."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if not stream.closed:
+        await stream.reset(reason)
+    with contextlib.suppress(Exception):
+        await websocket.close()
