@@ -4,7 +4,9 @@
 #   bash scripts/test-image.sh            (as root; prints the image name)
 #
 # Images cannot be pulled on the test machines, so the image is made here: Debian bookworm minbase with
-# python3 (bash comes with minbase) and nothing of berth's: no git, no ssh. The host's CA bundle is copied
+# python3 (bash comes with minbase) and the Remote Desktop's stack (Xvnc from tigervnc-standalone-server,
+# openbox, xterm), and nothing of berth's: no git, no ssh (the SSH tests prove an image needs only sh + libc
+# for berth's own dropbear). The host's CA bundle is copied
 # in so that https through this host's proxy (package installs) is trusted inside as it is outside.
 # Idempotent and cached: the image is rebuilt only when missing or when the recipe below changes; the rootfs
 # tarball is kept under BERTH_TEST_IMAGE_CACHE (default /var/cache/berth/test-image) and never committed.
@@ -15,8 +17,8 @@ IMAGE=${BERTH_TEST_IMAGE:-localhost/berth-test:bookworm}
 CACHE=${BERTH_TEST_IMAGE_CACHE:-/var/cache/berth/test-image}
 MIRROR=${BERTH_TEST_IMAGE_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
-INCLUDE=python3
-RECIPE_VERSION=1  # bump to rebuild everywhere
+INCLUDE=python3,tigervnc-standalone-server,openbox,xterm
+RECIPE_VERSION=2  # bump to rebuild everywhere
 RECIPE=$(printf '%s|%s|%s|%s' "$RECIPE_VERSION" "$SUITE" "$INCLUDE" "$(sha256sum /etc/ssl/certs/ca-certificates.crt 2>/dev/null | cut -c1-16)" \
   | sha256sum | cut -c1-16)
 

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 BERTH = str(Path(sys.executable).with_name("berth"))
 ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex[:16]
+# Cheap argon2 in every server the tests start (ServerSettings.password_hash_*, inherited through the environment):
+# the suite creates users and logs in thousands of times, ~0.4 s of CPU each at the default costs. Same code path.
+os.environ.setdefault("BERTH_PASSWORD_HASH_TIME_COST", "1")
+os.environ.setdefault("BERTH_PASSWORD_HASH_MEMORY_KIB", "64")
 
 
 def free_port() -> int:
@@ -62,21 +66,21 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 10) -
 
 
 @contextlib.contextmanager
-def git_daemon(src: Path, root: Path):
-    """`src` (a git checkout) served read-only by `git daemon` on a free port; yields its git:// URL."""
+def git_daemon(src: Path, root: Path, host: str = "127.0.0.1"):
+    """`src` (a git checkout) served read-only by `git daemon` on a free port of `host`; yields its git:// URL."""
     served = root / "served"
     served.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(src), str(served / "repo.git")], check=True)
     port = free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", f"--port={port}",
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--listen={host}", f"--port={port}",
                                f"--base-path={served}", str(served)], stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                if probe.connect_ex((host, port)) == 0:
                     break
             time.sleep(0.05)
-        yield f"git://127.0.0.1:{port}/repo.git"
+        yield f"git://{host}:{port}/repo.git"
     finally:
         kill_tree(daemon)
 
@@ -142,11 +146,11 @@ class Stack:
         self.cli("login", "--server", self.url, "--username", "admin", "--password", ADMIN_PASSWORD)
 
     def stop(self) -> None:
-        try:
-            for view in self.api("GET", "/api/v1/sessions", params={"status": ["queued", "starting", "active", "idle", "stopping"]}):
+        try:  # the agents' supervisors end their sessions, tearing down what they made; with no agent nothing runs
+            for view in self.api("GET", "/api/v1/sessions", params={"status": ["queued", "starting", "active", "idle", "stopping"]}) if self.agents else []:
                 self.api("POST", f"/api/v1/sessions/{view['id']}/stop")
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.api("GET", "/api/v1/sessions", params={"status": ["starting", "active", "idle", "stopping"]}):
+            while self.agents and time.monotonic() < deadline and self.api("GET", "/api/v1/sessions", params={"status": ["starting", "active", "idle", "stopping"]}):
                 time.sleep(0.2)
         except Exception:
             pass
@@ -227,13 +231,13 @@ def make_database_url(pg_admin_url: str | None) -> str | None:
     return create_database(pg_admin_url)
 
 
-def _stack(tmp_path_factory, pg_admin_url, *, with_agent: bool):
+def _stack(tmp_path_factory, pg_admin_url, *, with_agent: bool, agent_env: dict[str, str] | None = None):
     s = Stack(tmp_path_factory.mktemp("stack" if with_agent else "srv"), make_database_url(pg_admin_url))
     try:
         s.start_server()
         s.login()
         if with_agent:
-            s.start_agent()
+            s.start_agent(env=agent_env)
         yield s
     finally:
         s.stop()
@@ -292,6 +296,7 @@ WORKER_SIDE_MODULES = {
     "test_as_session", "test_environment", "test_ssh_servers", "test_ssh_algorithms", "test_setup_steps",
     "test_input_detection", "test_remote_desktop_worker", "test_container_backend", "test_container_ssh",
     "test_container_e2e", "test_ssh_tunnel", "test_ssh_session", "test_privilege_boundaries",
+    "test_container_desktop", "test_container_metrics", "test_container_docker",
 }
 
 

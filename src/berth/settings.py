@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from berth.apps.container_args import check_allowed_setting
+from berth.apps.container_args import check_allowed_setting, check_image
 
 
 def default_data_dir() -> Path:
@@ -55,6 +55,11 @@ class ServerSettings(BaseSettings):
                                              "address alone cannot lock a user out.")
     login_trusted_address_days: float = Field(30.0, ge=0, description="The per-username limit does not apply from an address where that user "
                                               "logged in within this many days, so failures elsewhere cannot lock the owner out (0: off).")
+    password_hash_time_cost: int = Field(3, ge=1, le=100, description="argon2id passes per password hash (default 3, with 64 MiB: "
+                                         "RFC 9106's low-memory profile). A hash keeps its own parameters, so a change applies "
+                                         "to passwords set from then on. Lower only for tests: it is what a stolen hash costs to guess.")
+    password_hash_memory_kib: int = Field(65536, ge=64, le=4 << 20, description="argon2id memory per password hash in KiB (default "
+                                          "65536: 64 MiB). Lower only for tests, as password_hash_time_cost.")
     trusted_proxies: list[str] = Field(default_factory=list, description="Addresses of reverse proxies whose X-Forwarded-For names the client "
                                        "(JSON list); none by default: the client address is the connection's.")
     web_session_hours: float = Field(12.0, gt=0, le=24 * 365, description="A browser login lasts this long (hours); logging out ends it sooner.")
@@ -98,7 +103,8 @@ class ServerSettings(BaseSettings):
 
 
 class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BERTH_AGENT_", extra="ignore")
+    # a bad value is named, never echoed: a mistyped token or an image URL with credentials stays out of logs
+    model_config = SettingsConfigDict(env_prefix="BERTH_AGENT_", extra="ignore", hide_input_in_errors=True)
 
     server: str = Field("http://127.0.0.1:8470", description="URL of the berth server.")
     token: str | None = Field(None, description="Agent registration token (or an admin API token) used once to register.")
@@ -118,6 +124,8 @@ class AgentSettings(BaseSettings):
     sync_minutes: float = Field(10.0, description="Minutes between periodic workspace syncs (a session's config may override).")
     metrics_sample_s: float = Field(2.0, gt=0, description="Seconds between samples of each session's CPU, memory, disk, network and GPU use.")
     metrics_post_s: float = Field(10.0, gt=0, description="Seconds between batches of samples posted to the server.")
+    status_report_s: float = Field(30.0, gt=0, description="Seconds between a running session's reports of its idle time and of what "
+                                   "keeps it alive (a change between active and idle is reported at once).")
     host_metrics_sample_s: float = Field(5.0, gt=0, description="Seconds between samples of the worker machine's own CPU, memory, disk, network and GPUs.")
     host_metrics_post_s: float = Field(30.0, gt=0, description="Seconds between batches of worker machine samples posted to the server.")
     idle_input_window_s: float = Field(60.0, description="User input this recent keeps a session alive (tty times move in ~8 s steps).")
@@ -127,8 +135,19 @@ class AgentSettings(BaseSettings):
                                    "may take; past it the session fails and what was made is torn down.")
     container_cli: str | None = Field(None, description="Container backend: the engine's CLI, podman or docker; the first of them "
                                       "installed when unset.")
+    container_docker_host: str | None = Field(None, description="Container backend with the Docker CLI: the daemon's address "
+                                              "(docker --host, e.g. unix:///run/docker.sock, or a Podman service's "
+                                              "Docker API socket); unset: the CLI's default.")
     container_runtime: str | None = Field("runc", description="Container backend: the OCI runtime (--runtime): runc, crun, sysbox-runc; "
                                           "unset: the engine's default.")
+    container_image: str | None = Field(None, description="Container backend: the image of sessions that name none (Remote "
+                                        "Desktop sessions always; SSH sessions launched without --image); it must hold "
+                                        "the desktop's programs (Xvnc from tigervnc-standalone-server, openbox, xterm) "
+                                        "for desktops. Unset: such sessions fail, saying so.")
+    container_desktop_runtime: str | None = Field("auto", description="Container backend: the OCI runtime of Remote Desktop "
+                                                  "sessions (VM-like machines); auto: sysbox-runc where the worker has it "
+                                                  "(systemd and Docker can run inside), else container_runtime; any other "
+                                                  "value names the runtime; unset: the engine's default.")
     container_run_args: list[str] = Field(default_factory=list, description="Container backend: extra flags for every session's "
                                           "`run` (JSON list), before the user's container_args; e.g. [\"--ulimit\", "
                                           "\"nofile=1024:1024\", \"--ulimit\", \"nproc=1024:1024\"] where the host's limits "
@@ -145,6 +164,11 @@ class AgentSettings(BaseSettings):
     container_network: str | None = Field(None, description="Container backend: the containers' network (--network); unset: "
                                           "slirp4netns with Podman (each session its own user-mode stack, no route to other "
                                           "sessions), bridge with Docker; none: no network at all.")
+
+    @field_validator("container_image")
+    @classmethod
+    def _container_image(cls, value: str | None) -> str | None:
+        return None if not value else check_image(value)
 
 
 class ClientSettings(BaseSettings):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import kill_tree
+from conftest import git_daemon, kill_tree
 from container_image import AGENT_ENV, IMAGE, container_exists, ensure_test_image, podman
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the container backend's agent runs as root")
@@ -126,12 +128,38 @@ def test_an_image_that_is_not_there_fails_at_once_naming_it(cstack):
     assert not container_exists(view["id"])
 
 
-def test_an_image_without_git_says_so_when_a_repository_is_asked_for(cstack):
-    """The test image has no git: the clone step fails at once, saying what is missing, not "exit status 127"."""
-    view = json.loads(launch(cstack, "--git-repo", "https://example.com/org/repo.git", check=False).stdout)
-    assert view["status"] == "failed"
-    assert "git is not installed where this session runs" in view["error"], view["error"]
-    assert not container_exists(view["id"])
+def _outward_address() -> str:
+    """This host's address on its default route: what a container's user-mode network reaches (not loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))  # a documentation address; no packet is sent: this only picks the route
+        address = probe.getsockname()[0]
+    assert not address.startswith("127."), "the test needs a non-loopback address a container can reach"
+    return address
+
+
+def test_an_image_without_git_clones_with_berths_git(cstack, tmp_path):
+    """The test image has neither git nor ssh: the clone runs inside the container with the worker's git from the
+    /berth bundle (last on PATH), over the container's own network, as the session user."""
+    src = tmp_path / "src"
+    src.mkdir()
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(src)], check=True)
+    (src / "hello.txt").write_text("from the repository\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    with git_daemon(src, tmp_path / "served", host=_outward_address()) as url:
+        view = launched(cstack, "--git-repo", url, "--workspace", "~/ws")
+    sid = view["id"]
+    try:
+        assert podman("exec", f"berth-{sid}", "sh", "-c", "command -v git", check=False).returncode != 0
+        home = in_container(sid, "sh", "-c", "echo $HOME").strip()
+        assert in_container(sid, "cat", f"{home}/ws/repo/hello.txt") == "from the repository\n"
+        assert in_container(sid, "stat", "-c", "%u", f"{home}/ws/repo/.git/HEAD").strip() == "1000"
+        got = in_container(sid, "sh", "-c", f"PATH=$PATH:/berth/bin git -C {home}/ws/repo rev-parse HEAD").strip()
+        assert got == head
+    finally:
+        stop(cstack, sid)
 
 
 def test_a_container_that_dies_fails_the_session_with_its_status_and_last_lines(cstack):

@@ -115,7 +115,7 @@ def test_the_containers_processes_never_run_as_host_root(cstack, session):
                     inside.append(p)
             except OSError:
                 continue
-        assert sleeper[0].pid in {p.pid for p in inside} and len(inside) >= 3  # main, dropbear, the login
+        assert sleeper[0].pid in {p.pid for p in inside} and len(inside) >= 3  # main, sshd, the login
         for p in inside:
             uids = p.info["uids"]
             assert uids and min(uids) >= base and max(uids) < base + 65536, (p.pid, p.info, base)

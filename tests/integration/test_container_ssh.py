@@ -1,5 +1,5 @@
-"""SSH into a session's container (berth.agent.ssh.container): dropbear from the /berth bundle, run inside a real
-Podman container made by the real container backend, reached by real OpenSSH clients (ssh, scp, sftp, rsync).
+"""SSH into a session's container (berth.agent.ssh.container): OpenSSH sshd from the /berth bundle, run inside a
+real Podman container made by the real container backend, reached by real OpenSSH clients (ssh, scp, sftp, rsync).
 
 The image is the test image (scripts/test-image.sh: Debian minbase + python3, no ssh, no scp, no rsync), so every
 tool on the server side is berth's own. One container serves the module; the processes must run as the
@@ -8,7 +8,6 @@ container's mapped host ids, never as host root.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -16,7 +15,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -32,57 +30,22 @@ from berth.agent.ssh.bundle import cache_dir_for, ensure_bundle
 from berth.agent.ssh.container import MARKER_ENV
 from berth.errors import SetupFailed
 from berth.ids import new_id
+from ssh_clients import PW_OPTS, SSH_OPTS, Login, Loop
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_ARGS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
-PW_OPTS = ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"]
-
-
-class Loop:
-    """An event loop on its own thread: the server runs there while the tests drive blocking clients."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @dataclass
-class Box:
+class Box(Login):
     backend: ContainerBackend
     server: object
-    user: str
-    password: str
-    key: Path
     home: Path
     workspace: Path
     base: int
     logs: list[str]
-
-    def ssh_argv(self, *extra: str, password: bool = True) -> list[str]:
-        auth = ["sshpass", "-p", self.password, "ssh", *SSH_OPTS, *PW_OPTS] if password else \
-            ["ssh", *SSH_OPTS, "-i", str(self.key), "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes"]
-        return [*auth, "-p", str(self.server.port), *extra, f"{self.user}@127.0.0.1"]
-
-    def ssh(self, command: str, *extra: str, password: bool = True, timeout: float = 60) -> str:
-        out = subprocess.run([*self.ssh_argv(*extra, password=password), command], capture_output=True, text=True,
-                             timeout=timeout)
-        assert out.returncode == 0, out.stderr + out.stdout
-        return out.stdout
-
-    def ssh_cmd(self) -> str:  # for rsync -e and friends: sshpass + ssh, the port given
-        return " ".join(["sshpass", "-p", self.password, "ssh", *SSH_OPTS, *PW_OPTS, "-p", str(self.server.port)])
 
 
 def _need_podman():
@@ -145,7 +108,8 @@ def box(image, loop):
                              uid=host.run_as.uid, gid=host.run_as.gid, keys_written_by_caller=True, options=options)
         logs: list[str] = []
         server = loop.run(start_ssh_server(spec, logs.append))
-        yield Box(backend, server, host.run_as.user, password, key, host.home, workspace, backend.uid_base, logs)
+        yield Box(port=server.port, user=host.run_as.user, password=password, key=key, backend=backend, server=server,
+                  home=host.home, workspace=workspace, base=backend.uid_base, logs=logs)
         loop.run(server.stop())
         assert not server.alive()
     finally:
@@ -164,18 +128,24 @@ def box(image, loop):
 def test_bundle_is_cached_and_self_contained(tmp_path):
     a = ensure_bundle(tmp_path / "cache")
     b = ensure_bundle(tmp_path / "cache")
-    assert a == b and {"dropbear", "sftp-server", "scp", "rsync"} <= set(a.tools)
+    assert a == b and {"sshd", "sftp-server", "scp", "rsync"} <= set(a.tools) and "dropbear" not in a.tools
     assert (a.path / "lib" / "ld.so").resolve().is_file()
-    assert oct((a.path / "libexec" / "dropbear").stat().st_mode & 0o777) == "0o755"
-    assert ("/usr/lib/sftp-server" in [target for _, target, _ in a.mounts()])
+    assert oct((a.path / "libexec" / "sshd").stat().st_mode & 0o777) == "0o755"
+    assert a.mounts() == [(str(a.path), "/berth", "ro")]  # nothing of ours over the image's own paths
     assert cache_dir_for(Path("/data/sessions/abc")) == Path("/data/ssh-bundle")
+    # git and its https helper come along (cloning in an image without git), each through the bundled loader
+    assert {"git", "git-remote-http", "ssh"} <= set(a.tools)
+    git_wrapper = (a.path / "bin" / "git").read_text()
+    assert "GIT_EXEC_PATH=/berth/git-core" in git_wrapper and "/berth/lib/ld.so" in git_wrapper
+    assert "/berth/libexec/git-remote-http" in (a.path / "git-core" / "git-remote-https").read_text()
 
 
 def test_server_reports_host_key(box):
     assert box.server.kind == "container" and box.server.port
     assert box.server.host_key.startswith("ssh-ed25519 ")
     assert box.server.host_key_fingerprint.startswith("SHA256:")
-    assert any("dropbear inside container" in line for line in box.logs), box.logs
+    assert any("OpenSSH sshd inside container" in line for line in box.logs), box.logs
+    assert not any("more than the modern set" in line for line in box.logs), box.logs
     # what the client sees is the key the server reports
     scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(box.server.port), "127.0.0.1"],
                           capture_output=True, text=True, timeout=30)
@@ -202,8 +172,8 @@ def test_pty(box):
 
 
 def test_processes_run_as_the_mapped_user(box):
-    """The login's processes are the container's session user: host uid base+1000, never 0; dropbear itself is
-    container root, host uid base."""
+    """The login's processes are the container's session user: host uid base+1000, never 0; the shell above each
+    sshd (marked: what stop() ends) is container root, host uid base, and everything below it stays in the range."""
     proc = subprocess.Popen([*box.ssh_argv(), "exec sleep 41.5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, found = time.monotonic() + 20, []
@@ -212,9 +182,14 @@ def test_processes_run_as_the_mapped_user(box):
             time.sleep(0.1)
         assert found, "the login's command never ran"
         assert set(found[0].info["uids"]) == {box.base + 1000}
-        # marked: the engine's client on the worker (root, starts nothing itself) and dropbear in the container
-        dropbears = [p for p in psutil.process_iter(["uids", "name"]) if _marked(p) and p.info["name"] != "podman"]
-        assert dropbears and all(set(p.info["uids"]) == {box.base} for p in dropbears)
+        # marked: the engine's client on the worker (root, starts nothing itself) and the shell above sshd
+        shells = [p for p in psutil.process_iter(["uids", "name"]) if _marked(p) and p.info["name"] != "podman"]
+        assert shells and all(set(p.info["uids"]) == {box.base} for p in shells)
+        below = [c for p in shells for c in p.children(recursive=True)]
+        assert found[0].pid in {c.pid for c in below}  # stop() reaches the login's processes through the shell
+        assert any(c.name() == "sshd" or "sshd" in " ".join(c.cmdline()) for c in below)
+        for c in below:
+            assert all(box.base <= u < box.base + USERNS_SIZE for u in c.uids()), (c, c.uids())
     finally:
         proc.kill()
         proc.wait()

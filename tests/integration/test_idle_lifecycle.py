@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
 import pytest
@@ -13,16 +14,18 @@ import pytest
 from conftest import Stack, make_database_url
 from test_ssh_session import openssh
 
-LIMIT_H = 0.006  # 21.6 s
+LIMIT_H = 0.005  # 18 s: over the input window, so a warning comes before the shutdown
 
 
 @pytest.fixture(scope="module")
 def idle_stack(tmp_path_factory, pg_admin_url):
-    """An agent with a short input window (15 s), so typing and its absence show within a test."""
+    """An agent with a short input window (15 s), so typing and its absence show within a test, posting its
+    samples every 2 s rather than 10, so the metrics test sees a few without waiting."""
     import os
 
     s = Stack(tmp_path_factory.mktemp("idle"), make_database_url(pg_admin_url))
     os.environ["BERTH_AGENT_IDLE_INPUT_WINDOW_S"] = "15"
+    os.environ["BERTH_AGENT_METRICS_POST_S"] = "2"
     try:
         s.start_server()
         s.login()
@@ -30,12 +33,19 @@ def idle_stack(tmp_path_factory, pg_admin_url):
         yield s
     finally:
         os.environ.pop("BERTH_AGENT_IDLE_INPUT_WINDOW_S", None)
+        os.environ.pop("BERTH_AGENT_METRICS_POST_S", None)
         s.stop()
 
 
 def launch(stack, *args) -> dict:
     return json.loads(stack.cli("launch", "ssh-session", "--max-idle-hours", str(LIMIT_H), "--workspace", "~/ws",
                                 "--wait", "--json", *args).stdout)
+
+
+def launch_together(stack, *arg_lists: tuple[str, ...]) -> list[dict]:
+    """Several launches at once: the agent sets them up side by side."""
+    with ThreadPoolExecutor(len(arg_lists)) as pool:
+        return list(pool.map(lambda args: launch(stack, *args), arg_lists))
 
 
 async def hold_terminal(view: dict, seconds: float, type_every: float | None) -> str:
@@ -61,19 +71,18 @@ async def hold_terminal(view: dict, seconds: float, type_every: float | None) ->
 
 def test_idle_rules_end_to_end(idle_stack):
     s = idle_stack
-    busy = launch(s)
-    abandoned = launch(s)
-    typing = launch(s)
-    honoured = launch(s, "--idle-cpu", "95")
-    extended = launch(s)  # extended well past the limit: it must outlive the others' shutdowns
+    # extended: well past the limit, it must outlive the others' shutdowns
+    busy, honoured, extended = launch_together(s, (), ("--idle-cpu", "95"), ())
     s.cli("sessions", "extend", extended["id"], "--hours", "0.05")
     # busy: a training-like process keeps it alive; honoured: the same load is under its 95% threshold
     for view in (busy, honoured):
         assert openssh(view, "setsid nohup python3 -c 'while True: pass' >/dev/null 2>&1 < /dev/null &").returncode == 0
+    # launched last, just before their terminals open, so that neither reaches the limit before
+    abandoned, typing = launch_together(s, (), ())
     assert openssh(abandoned, "echo before-idle > ~/ws/kept.txt").returncode == 0
 
-    async def terminals():
-        return await asyncio.gather(hold_terminal(abandoned, 45, None), hold_terminal(typing, 35, 3))
+    async def terminals():  # typing for 1.5 times the limit; the unused terminal ends when its session stops
+        return await asyncio.gather(hold_terminal(abandoned, 45, None), hold_terminal(typing, 27, 3))
 
     abandoned_out, _ = asyncio.run(terminals())
 
@@ -102,9 +111,9 @@ def test_idle_rules_end_to_end(idle_stack):
     again = launch(s, "--restore-session", abandoned["id"], "--max-idle-hours", "1")
     try:
         assert openssh(again, "cat ~/ws/kept.txt").stdout.strip() == "before-idle"
-    finally:
-        for view in (again, busy, typing, extended):
-            s.cli("sessions", "stop", view["id"])
+    finally:  # each stop waits for its final sync: side by side
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda view: s.cli("sessions", "stop", view["id"]), (again, busy, typing, extended)))
 
 
 def test_metrics_of_a_real_session(idle_stack):
@@ -113,11 +122,12 @@ def test_metrics_of_a_real_session(idle_stack):
     try:
         openssh(view, "setsid nohup python3 -c 'import time\nx=bytearray(80*2**20)\nt=time.time()\nwhile time.time()-t<20: pass' "
                       ">/dev/null 2>&1 < /dev/null &")
-        deadline = time.monotonic() + 40  # samples every 2 s, sent every 10 s
+        deadline = time.monotonic() + 40  # samples every 2 s, sent every 2 s here
         data = {}
         while time.monotonic() < deadline:
             data = json.loads(s.cli("sessions", "metrics", view["id"], "--json").stdout)
-            if data["samples"] >= 3 and max(data["series"]["mem_mb"]["max"] or [0]) > 50:
+            got = data["series"]
+            if data["samples"] >= 3 and max(got["mem_mb"]["max"] or [0]) > 50 and max(got["cpu"]["max"] or [0]) > 50:
                 break
             time.sleep(2)
         assert data["samples"] >= 3

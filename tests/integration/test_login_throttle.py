@@ -11,7 +11,8 @@ import httpx
 import pytest
 from conftest import Stack, make_database_url
 
-WINDOW_S = 10  # long enough for the failures of a test to happen within it on a loaded machine
+WINDOW_S = 5  # long enough for the failures of a test to happen within it on a loaded machine (a failed login
+# costs milliseconds: the tests' servers hash cheaply, tests/conftest.py), short for the waits on the lock's end
 
 
 @contextlib.contextmanager

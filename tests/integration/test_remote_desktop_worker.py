@@ -16,10 +16,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import session_processes
+from conftest import _stack, session_processes
 from test_ssh_session import openssh
 
 DESKTOP_PROGRAMS = {"Xvnc", "openbox", "xterm"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_admin_url):
+    """The shared stack, its agent's sessions reporting what keeps them alive every 2 s rather than every 30 s."""
+    yield from _stack(tmp_path_factory, pg_admin_url, with_agent=True, agent_env={"BERTH_AGENT_STATUS_REPORT_S": "2"})
 
 
 def session_dir(stack, session_id: str, agent: str = "agent") -> Path:
@@ -161,7 +167,7 @@ def test_viewer_input_counts_as_activity(stack, desktop):
         view = stack.api("GET", f"/api/v1/sessions/{desktop['id']}")
         return any(reason.startswith("desktop input") for reason in view.get("kept_alive_by") or [])
 
-    wait_for(kept_alive, timeout=45, what="kept_alive_by to name desktop input (reported every 30 s)")
+    wait_for(kept_alive, timeout=45, what="kept_alive_by to name desktop input (reported every 2 s here)")
 
 
 def test_the_direct_link_speaks_rfb_with_a_gateway_token(stack, desktop):

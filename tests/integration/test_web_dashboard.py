@@ -5,10 +5,13 @@ missing session), and Extend / Sync now refuse viewers and forged requests."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import ADMIN_PASSWORD
 from webclient import page_csrf, web_login
+
+from berth.server.web.streams import STREAM_WAIT_S
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +61,15 @@ def test_a_viewer_reads_the_charts_and_the_console(people):
 
 
 def test_the_stream_resumes_after_the_last_event_id(people):
+    started = time.monotonic()
     _status, events = _events(people["dana"], people["ended"])
     ids = [json.loads(d)["id"] for k, d in events if k == "message"]
     with people["dana"].stream("GET", f"/sessions/{people['ended']}/console/stream",
                                headers={"Last-Event-ID": str(ids[-1])}) as r:
         rest = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert rest == ["data: {}"]  # only the end
+    # an ended session's streams end once its lines are out, without waiting out the keep-alive interval
+    assert time.monotonic() - started < STREAM_WAIT_S
 
 
 def test_an_outsider_gets_the_same_404_as_for_a_missing_session(people):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from berth.agent.backends.container_cli import ContainerCli, RunSpec, docker_remap_range
+from berth.agent.backends.container_cli import ContainerCli, RunSpec, userns_base
 from berth.errors import SetupFailed
 
 PODMAN = ContainerCli("podman", "/usr/bin/podman")
@@ -77,12 +77,41 @@ def test_choose_refuses_unknown_cli():
         ContainerCli.choose("lxc")
 
 
-def test_docker_remap_range():
-    subuid = "someone:100000:65536\ndockremap:231072:65536\n"
-    assert docker_remap_range('["name=seccomp","name=userns"]', subuid) == 231072
-    with pytest.raises(SetupFailed, match="container root would be host root"):
-        docker_remap_range('["name=seccomp"]', subuid)
-    with pytest.raises(SetupFailed, match="no range"):
-        docker_remap_range('["name=userns"]', "someone:1:65536\n")
-    with pytest.raises(SetupFailed, match="rootless"):
-        docker_remap_range('["name=rootless"]', subuid)
+def test_docker_host_goes_first_on_every_command_line():
+    remote = ContainerCli("docker", "/usr/bin/docker", "unix:///run/api/docker.sock")
+    head = ["/usr/bin/docker", "--host", "unix:///run/api/docker.sock"]
+    assert remote.run_argv(spec(uid_base=None))[:4] == [*head, "run"]
+    assert remote.exec_argv("berth-s1", ["sh"], user="0:0", interactive=True) == [
+        *head, "exec", "--interactive", "--user", "0:0", "berth-s1", "sh"]
+    for argv in (remote.inspect_argv("c", "{{.Id}}"), remote.remove_argv("c"), remote.logs_argv("c", 1),
+                 remote.list_by_label_argv("s1"), remote.image_exists_argv("img")):
+        assert argv[:3] == head
+    assert DOCKER.cmd == ["/usr/bin/docker"] and PODMAN.cmd == ["/usr/bin/podman"]
+
+
+def test_choose_gives_the_docker_host_to_docker_only(monkeypatch, tmp_path):
+    for name in ("docker", "podman"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert ContainerCli.choose("docker", docker_host="unix:///x.sock").host == "unix:///x.sock"
+    assert ContainerCli.choose("podman", docker_host="unix:///x.sock").host is None
+
+
+def test_userns_base_reads_the_real_mapping():
+    assert userns_base("         0  400000000      65536\n", "0 400000000 65536\n", need=1000) == (400_000_000, 65536)
+    # Docker's userns-remap: one extent from the remap user's subordinate range
+    assert userns_base("0 231072 65536\n", "0 231072 65536\n", need=1000) == (231072, 65536)
+
+
+@pytest.mark.parametrize("uid_map, gid_map, message", [
+    ("0 0 4294967295\n", "0 0 4294967295\n", "root is the host's root"),   # no user namespace
+    ("1 100000 65536\n", "1 100000 65536\n", "root is the host's root"),   # root not mapped at all
+    ("0 231072 65536\n", "0 300000 65536\n", "maps differ"),
+    ("0 1000 1\n1 100000 65536\n", "0 1000 1\n1 100000 65536\n", "rootless"),  # a rootless daemon
+    ("0 231072 65536\nnonsense\n", "0 231072 65536\n", "unreadable"),
+])
+def test_userns_base_refuses(uid_map, gid_map, message):
+    with pytest.raises(SetupFailed, match=message):
+        userns_base(uid_map, gid_map, need=1000)
+

@@ -39,6 +39,25 @@ async def test_passwords_use_argon2():
     assert not await security.verify_password("not-a-hash", "x")
 
 
+async def test_password_hash_costs_come_from_the_settings_and_old_hashes_still_verify():
+    from berth.settings import ServerSettings
+
+    fields = ServerSettings.model_fields  # the tests' environment sets cheap ones (conftest.py)
+    time_cost, memory_kib = fields["password_hash_time_cost"].default, fields["password_hash_memory_kib"].default
+    assert (time_cost, memory_kib) == (3, 65536)  # RFC 9106's low-memory profile
+    current = ServerSettings(data_dir="/nonexistent-berth")
+    try:
+        security.configure_password_hashing(time_cost, memory_kib)
+        before = await security.hash_password("correct horse")
+        assert "$m=65536,t=3," in before
+        security.configure_password_hashing(1, 64)
+        cheap = await security.hash_password("correct horse")
+        assert "$m=64,t=1," in cheap
+        assert await security.verify_password(before, "correct horse") and await security.verify_password(cheap, "correct horse")
+    finally:
+        security.configure_password_hashing(current.password_hash_time_cost, current.password_hash_memory_kib)
+
+
 def test_notifier_wakes_waiter_before_poll_interval():
     async def go():
         n = Notifier()

@@ -28,9 +28,13 @@ class SupervisorContext(BaseModel):
     idle_warn_before_s: float = AgentSettings.model_fields["idle_warn_before_s"].default
     metrics_sample_s: float = AgentSettings.model_fields["metrics_sample_s"].default
     metrics_post_s: float = AgentSettings.model_fields["metrics_post_s"].default
+    status_report_s: float = AgentSettings.model_fields["status_report_s"].default
     setup_timeout_s: float = AgentSettings.model_fields["setup_timeout_s"].default
     container_cli: str | None = None
+    container_docker_host: str | None = None
     container_runtime: str | None = AgentSettings.model_fields["container_runtime"].default
+    container_image: str | None = None
+    container_desktop_runtime: str | None = AgentSettings.model_fields["container_desktop_runtime"].default
     container_run_args: list[str] = []
     container_subuid_start: int = AgentSettings.model_fields["container_subuid_start"].default
     container_subuid_count: int = AgentSettings.model_fields["container_subuid_count"].default

@@ -8,8 +8,10 @@ Session figures (see ``berth.metrics`` for units):
     parent's cutime/cstime (a short compiler run under `make` is not lost).
   * memory: RSS summed; disk: /proc/PID/io read_bytes/write_bytes rates (storage I/O, not page cache hits).
   * network: the session's own TCP traffic (``netsockets.SessionNetwork``: bytes on the sockets its
-    processes hold, loopback peers excluded, averaged over 10 s), ``network_scope: "session"``; where
-    ``ss`` cannot run, the host's interfaces (loopback excluded) and ``network_scope: "host"``.
+    processes hold, loopback peers excluded, averaged over 10 s), ``network_scope: "session"``; a session
+    with a network namespace of its own (a container) adds its interfaces' counters (``SessionBackend.net_counters``,
+    ``netns``): the worker's ``ss`` sees only the sockets it holds in the worker's namespace (SSH connections
+    passed in); where ``ss`` cannot run, the host's interfaces (loopback excluded) and ``network_scope: "host"``.
   * GPU: NVML per device, plus the session's share where the driver reports per-process use.
 
 User input (``last_input_at``), the evidence that a person is there:
@@ -32,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,27 +65,30 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class NetCounter:
-    """Host network rates over every interface but loopback."""
+def _host_counters() -> tuple[int, int]:
+    rx = tx = 0
+    for name, c in psutil.net_io_counters(pernic=True).items():
+        if name != "lo":
+            rx, tx = rx + c.bytes_recv, tx + c.bytes_sent
+    return rx, tx
 
-    def __init__(self) -> None:
-        self._last = self._read()
+
+class NetCounter:
+    """Network rates from byte counters: the host's interfaces but loopback, or `read`'s (received, sent) totals,
+    None while it has none (``SessionBackend.net_counters``: a session's own network namespace)."""
+
+    def __init__(self, read: Callable[[], tuple[int, int] | None] = _host_counters) -> None:
+        self._read = read
+        self.last = read()
         self._t = time.monotonic()
 
-    @staticmethod
-    def _read() -> tuple[int, int]:
-        rx = tx = 0
-        for name, c in psutil.net_io_counters(pernic=True).items():
-            if name != "lo":
-                rx, tx = rx + c.bytes_recv, tx + c.bytes_sent
-        return rx, tx
-
     def rates(self) -> tuple[float | None, float | None]:
-        (rx, tx), t = self._read(), time.monotonic()
-        (prx, ptx), dt = self._last, t - self._t
-        self._last, self._t = (rx, tx), t
-        if dt <= 0.05:
+        now, t = self._read(), time.monotonic()
+        last, dt = self.last, t - self._t
+        self.last, self._t = now, t
+        if now is None or last is None or dt <= 0.05:
             return None, None
+        (rx, tx), (prx, ptx) = now, last
         return max(0, rx - prx) / MB / dt, max(0, tx - ptx) / MB / dt  # max: counters reset when a NIC goes away
 
 
@@ -141,13 +146,14 @@ class SessionSampler:
 
     The supervisor passes its backend's ``process_scope()`` (``for_scope``). Tests and benchmarks may give the
     scope's parts: ``session_id`` (its ``BERTH_SESSION_ID`` marker), ``uid`` (a per-session user), ``root_pid``
-    (its descendants count, itself not). The sampling process itself never counts.
+    (its descendants count, itself not). The sampling process itself never counts. ``net_counters``: the
+    backend's ``net_counters`` (a session with a network namespace of its own), read while it answers.
     """
 
     def __init__(self, session_id: str | None = None, *, uid: int | None = None, root_pid: int | None = None,
                  scope: Scope | None = None, exclude_pids: Iterable[int] = (), input_ports: Iterable[int] = (),
                  gpus: GpuReader | None | bool = True, socket_threshold_bytes: int = SOCKET_INPUT_BYTES,
-                 socket_interval_s: float = 10.0):
+                 socket_interval_s: float = 10.0, net_counters: Callable[[], tuple[int, int] | None] | None = None):
         if scope is None:
             scope = Scope(session_id=session_id, uids=frozenset({uid}) if uid is not None else frozenset(),
                           root_pid=root_pid)
@@ -160,6 +166,7 @@ class SessionSampler:
         # Sockets are the session's by owner when it has a user of its own, else by the inodes its processes hold.
         self.session_net = SessionNetwork(self.tcp, next(iter(scope.uids)) if len(scope.uids) == 1 else None)
         self._net = NetCounter()  # the host's, when `ss` is missing
+        self._own_net = NetCounter(net_counters) if net_counters is not None else None
         self._input_at: float | None = None
         self._stamp_dir: Path | None = None
         self._ttys: set[str] = set()
@@ -268,8 +275,14 @@ class SessionSampler:
             elif members[pid].start >= self._prev_ticks:
                 read_b, write_b = read_b + r, write_b + w
         cpu_ticks = self._cpu_ticks(members)
+        own = self._own_net.rates() if self._own_net is not None else (None, None)
+        has_own = self._own_net is not None and self._own_net.last is not None
         if self.session_net.available:
             scope, (rx, tx) = "session", self.session_net.rates(members)
+            if has_own:  # + its namespace's interfaces, whose sockets `ss` never sees (no byte is in both)
+                rx, tx = _plus(rx, own[0]), _plus(tx, own[1])
+        elif has_own:
+            scope, (rx, tx) = "session", own
         else:
             scope, (rx, tx) = "host", self._net.rates()
         gpus = self.gpus.read(set(members)) if self.gpus is not None and self.gpus.available else None
@@ -284,6 +297,10 @@ class SessionSampler:
         )
         self._remember(members, ticks, t, io_now)
         return sample
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
 
 
 def _busy(times) -> float:

@@ -111,7 +111,7 @@ class Supervisor:
         c(f"setup: session user {self.host.run_as.user!r}, home {self.host.home}")
         from berth.agent.monitor import SessionSampler
 
-        self.sampler = SessionSampler.for_scope(self.backend.process_scope())
+        self.sampler = SessionSampler.for_scope(self.backend.process_scope(), net_counters=self.backend.net_counters)
         # Everything done in the home runs as the session user; the helpers doing it are not the user's load.
         act = functools.partial(self.backend.act_as_session, on_start=self.sampler.ignore, on_exit=self.sampler.unignore)
         self.app = app_class(SessionRuntime(
@@ -179,7 +179,8 @@ class Supervisor:
                                         console=self.console, report=self._report_idle,
                                         notify_terminals=self.app.notify_users,
                                         interval_s=self.ctx.metrics_sample_s,
-                                        post_every_s=self.ctx.metrics_post_s)
+                                        post_every_s=self.ctx.metrics_post_s,
+                                        report_every_s=self.ctx.status_report_s)
         self.watchdog.extend_until(self.known_extend)
 
         async def run() -> None:

@@ -17,6 +17,9 @@ class CommonConfig(WireModel):  # numbers are finite (WireModel); names are one 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     app: ClassVar[App]
     launch_form: ClassVar[tuple] = ()  # the web form's groups and labels (see ssh_session.LAUNCH_FORM)
+    # A machine of its own (the seed's VM Remote Desktop): container workers give it their VM-like runtime
+    # (BERTH_AGENT_CONTAINER_DESKTOP_RUNTIME: sysbox-runc where installed).
+    vm_like: ClassVar[bool] = False
 
     name: Line | None = Field(None, max_length=128, description="Session name; generated when empty")
     project: Name = Field(DEFAULT_PROJECT, description="Project the session belongs to")

@@ -71,6 +71,7 @@ def env_pairs(value: Any) -> Any:
 class RemoteDesktopConfig(CommonConfig):
     app: ClassVar[App] = App.remote_desktop
     launch_form: ClassVar[tuple] = LAUNCH_FORM
+    vm_like: ClassVar[bool] = True
 
     type: Literal["desktop", "ssh"] = Field(
         "desktop", description="How you connect: desktop (a remote desktop in the browser) or ssh (SSH access)",

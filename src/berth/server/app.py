@@ -27,7 +27,7 @@ from .gateway.pages import router as gateway_pages_router
 from .gateway.tunnels import router as tunnel_router
 from .db.engine import make_engine, migrate, sessionmaker
 from .db.models import utcnow
-from .services import accounts, workers
+from .services import accounts, security, workers
 from .services import metrics as metrics_svc
 from .services.notify import Notifier
 from .services.secretbox import SecretBox
@@ -49,6 +49,7 @@ async def _reaper(app: FastAPI, started) -> None:
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    security.configure_password_hashing(settings.password_hash_time_cost, settings.password_hash_memory_kib)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -64,7 +64,8 @@ class RemoteDesktopApp(AgentApp):
         run_as = rt.host.run_as
         spec = DesktopSpec(socket_dir=make_socket_dir(rt.host.socket_dir, rt.host.socket_gid), uid=run_as.uid,
                            gid=run_as.gid, xauthority=self._xauthority, env=self._env(), cwd=self.workspace_dir,
-                           name=cfg.name or f"berth {rt.session_id}")
+                           name=cfg.name or f"berth {rt.session_id}", host_x11=rt.host.worker_files,
+                           programs_from=rt.backend.programs_from())
         self.desktop = DesktopStack(rt.backend, spec, rt.emit)
         await self.desktop.start()
         rt.emit(f"desktop: Xvnc :{self.desktop.display} ({spec.geometry}), openbox, xterm")

@@ -108,7 +108,7 @@ class SessionSsh:
 
     def down_reason(self) -> str | None:
         if self.server is not None and not self.server.alive():
-            return "the SSH server exited unexpectedly"
+            return self.server.failure or "the SSH server exited unexpectedly"
         return None
 
     def activity_ports(self) -> list[int]:

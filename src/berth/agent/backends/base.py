@@ -18,6 +18,12 @@ Optional:
                           the supervisor checks it every second, as the app's, and fails the session with it
     ``ssh_server()``      the SSH server kind (``berth.agent.ssh.KINDS``) this backend's sessions need, with its
                           options, or None (the default): the worker's usual choice (``berth.agent.ssh.choose_kind``)
+    ``fd_in_session()``   the number a command started by ``run_in_session`` sees one of its ``pass_fds`` as
+                          (default: the same; a container renumbers them from 3)
+    ``programs_from()``   where the session's programs come from, as messages name it ("this worker", an image)
+    ``net_counters()``    (received, sent) bytes of the session's own network namespace, loopback excluded, or None
+                          (the default: it shares the worker's network, and its sockets tell its traffic); called
+                          at each metrics sample, so it must be cheap (``berth.agent.netns``)
     ``act_as_session()``  run a file task (``berth.agent.as_session.helper.TASKS``) as ``identity()``: restore, snapshot,
                           login files, helpers in the home. Never do such work as root on paths the user controls.
 """
@@ -118,4 +124,13 @@ class SessionBackend(abc.ABC):
         return None
 
     def ssh_server(self) -> tuple[str, dict[str, str]] | None:
+        return None
+
+    def fd_in_session(self, fd: int, pass_fds: tuple[int, ...]) -> int:
+        return fd
+
+    def programs_from(self) -> str:
+        return "this worker"
+
+    def net_counters(self) -> tuple[int, int] | None:
         return None

@@ -3,7 +3,8 @@
 One container per session, ``berth-<session id>``, labelled ``berth.session=<id>``, made in ``prepare()`` and
 removed at teardown. Root inside is never root outside: with Podman each container gets its own slice of
 65536 host ids (``container_subuid_start``/``_count`` settings, never reused, high-water mark in the homes
-dir); with Docker the daemon's userns-remap range (``container_cli.docker_remap_range``). The session user is
+dir); with Docker the daemon's own mapping. Either way the mapping is read from the running container and one
+whose root is the host's is removed and refused (``container_userns.py``). The session user is
 uid/gid 1000 inside (passwd, group and shadow entries written as container root with nothing but ``sh``),
 host id ``<base>+1000``: ``identity()`` is that id, so restore, snapshot and login files act as the user the
 container sees. Its home (``<homes_dir>/containers/<id>``: kept apart, so process-backend sessions never pick
@@ -34,21 +35,26 @@ import psutil
 
 from berth.agent.as_session import Identity
 from berth.agent.context import SupervisorContext
+from berth.agent.netns import namespace_counters
 from berth.agent.processes import kill_scope
 from berth.agent.proctable import Scope
 from berth.agent.run_as import RunAs
 from berth.agent.session_files import ASSIGNMENT_FILE
 from berth.agent.session_users import lock_home
 from berth.agent.setup.commands import run_command
-from berth.apps import container_args
+from berth.apps import config_model, container_args
 from berth.errors import SetupFailed
 
 from .base import SessionBackend, SessionHost, make_socket_dir
 
 log = logging.getLogger("berth.agent.container")
-from .container_cli import USERNS_SIZE, ContainerCli, RunSpec, container_name, docker_remap_range
+from .container_bundle import ssh_bundle
+from .container_cli import USERNS_SIZE, ContainerCli, RunSpec, container_name
+from .container_runtime import RuntimeChoice, choose_runtime, find_sysbox
+from .container_userns import read_userns
 from .process import session_user_name
 
+BUNDLE_BIN = "/berth/bin"  # berth.agent.ssh.bundle.BIN (not imported: that module is loaded only when needed)
 SESSION_UID = 1000          # the session user's uid and gid inside the container
 STATE_FILE = "container.json"  # in the session dir: what teardown after a dead supervisor needs
 _SLICES = ".berth-container-slices"
@@ -90,6 +96,8 @@ printf '%s:x:%s:\n' "$name" "$id" >> /etc/group
 umask 077
 drop /etc/shadow 0
 [ -n "$hash" ] && printf '%s:%s:%s:0:99999:7:::\n' "$name" "$hash" "$today" >> /etc/shadow
+umask 022  # the X servers' socket dir, root's and sticky as a booted system makes it (a desktop's Xvnc uses it)
+{ mkdir -p /tmp/.X11-unix && chmod 1777 /tmp/.X11-unix; } 2>/dev/null || true
 exit 0
 """
 
@@ -145,28 +153,31 @@ class ContainerBackend(SessionBackend):
         self.container = container_name(session_id)
         self._cli: ContainerCli | None = None
         self._base: int | None = None
+        self._size = USERNS_SIZE  # ids mapped from _base on (the engine's own mapping may differ: Docker)
         self._main: psutil.Process | None = None
         self._down: str | None = None
         data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
         self.ctx = SupervisorContext.model_validate(data["agent"])
         config = data["assignment"]["config"]
-        self.image: str | None = config.get("image")
+        self.image: str | None = config.get("image") or self.ctx.container_image  # the worker's for those naming none
+        app = data["assignment"].get("app")  # a desktop gets the VM-like runtime (container_runtime.py)
+        self.vm_like = bool(app) and config_model(app).vm_like
+        self._runtime: RuntimeChoice | None = None
         self.user_args = container_args.split(config.get("container_args") or "")
 
     # --- the plan: engine and id range (also what describe() shows before prepare) -----------------------
     @property
     def cli(self) -> ContainerCli:
         if self._cli is None:
-            self._cli = ContainerCli.choose(self.ctx.container_cli)
+            self._cli = ContainerCli.choose(self.ctx.container_cli, docker_host=self.ctx.container_docker_host)
         return self._cli
 
     @property
     def uid_base(self) -> int:
+        """Podman: the slice berth picks before the container runs. Docker: the daemon's, read once it runs."""
         if self._base is None:
             if self.cli.kind == "docker":
-                status, out = _sync_engine(self.cli.info_userns_argv())
-                subuid = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
-                self._base = docker_remap_range(out if status == 0 else "", subuid)
+                raise SetupFailed("the Docker engine's user namespace is known once the container runs")
             else:
                 self._base = allocate_slice(self.homes_dir / "containers", self.ctx.container_subuid_start,
                                             self.ctx.container_subuid_count)
@@ -176,33 +187,48 @@ class ContainerBackend(SessionBackend):
     def session_uid(self) -> int:
         return self.uid_base + SESSION_UID
 
+    @property
+    def runtime(self) -> RuntimeChoice:
+        """The OCI runtime: VM-like sessions (desktops) get Sysbox where the worker has it (container_runtime.py)."""
+        if self._runtime is None:
+            sysbox = find_sysbox(self.cli, _ENGINE_ENV) if self.vm_like else None
+            self._runtime = choose_runtime(configured=self.ctx.container_runtime, vm_like=self.vm_like, sysbox=sysbox,
+                                           desktop=self.ctx.container_desktop_runtime)
+        return self._runtime
+
     def describe(self) -> str:
         try:
-            cli, base = self.cli, self.uid_base
+            cli, runtime = self.cli, self.runtime
+            base = self.uid_base if cli.kind == "podman" or self._base is not None else None
         except SetupFailed:  # prepare() says why
             return f"container backend: image {self.image}"
-        runtime = self.ctx.container_runtime or "the engine's default"
-        return (f"container {self.image} (runtime {runtime}, {cli.kind}, user namespace: root → host uid {base}, "
-                f"session user → {base + SESSION_UID})")
+        userns = ("user namespace: the daemon's, checked once the container runs" if base is None else
+                  f"user namespace: root → host uid {base}, session user → {base + SESSION_UID}")
+        return f"container {self.image} ({cli.kind}, {userns}); {runtime.isolation}"
+
+    def programs_from(self) -> str:
+        return f"the image {self.image}"
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def prepare(self) -> SessionHost:
         if not self.image:
-            raise SetupFailed("this worker runs sessions in containers and the session names no image: "
-                              "launch it with an image (--image)")
+            raise SetupFailed("this worker runs sessions in containers, the session names no image and the worker "
+                              "has none for such sessions: launch it with an image (--image), or set "
+                              "BERTH_AGENT_CONTAINER_IMAGE on the worker")
         cli = self.cli
         status, _ = await self._engine(cli.image_exists_argv(self.image))
         if status:
             raise SetupFailed(f"image {self.image!r} is not on this worker ({cli.kind} images); pull or build it there")
-        uid = self.session_uid
-        home = self._make_home(uid)
-        socket_dir = make_socket_dir(self.runtime_dir / self.session_id, uid)
-        _write_state(self.session_dir, {"cli": cli.kind, "base": self.uid_base, "home": str(home)})
+        planned = self.uid_base if cli.kind == "podman" else None  # Docker: the daemon's, read once it runs
+        home = self._make_home(planned + SESSION_UID if planned is not None else 0)  # root's until then
+        socket_dir = make_socket_dir(self.runtime_dir / self.session_id,
+                                     planned + SESSION_UID if planned is not None else None)
+        _write_state(self.session_dir, {"cli": cli.kind, "base": planned, "home": str(home)})
         spec = RunSpec(
             name=self.container, session_id=self.session_id, image=self.image, command=_MAIN,
-            uid_base=self.uid_base, mounts=[(str(home), str(home), ""), (str(socket_dir), str(socket_dir), ""),
-                                            *(await asyncio.to_thread(_ssh_bundle, self.session_dir)).mounts()],
-            runtime=self.ctx.container_runtime, cpus=self.ctx.container_cpus, memory=self.ctx.container_memory,
+            uid_base=planned, mounts=[(str(home), str(home), ""), (str(socket_dir), str(socket_dir), ""),
+                                            *(await asyncio.to_thread(ssh_bundle, self.session_dir, cli, _sync_engine)).mounts()],
+            runtime=self.runtime.runtime, cpus=self.ctx.container_cpus, memory=self.ctx.container_memory,
             network=self.ctx.container_network, gpus=_has_gpus(), hostname=f"berth-{self.session_id[:12]}",
             engine_args=list(self.ctx.container_run_args), user_args=self.user_args)
         status, tail = await self._engine(cli.run_argv(spec))
@@ -213,11 +239,28 @@ class ContainerBackend(SessionBackend):
             self._main = psutil.Process(int(tail[-1]))
         if self._main is None:
             raise SetupFailed(f"the container of {self.image} did not stay up: {await self._exit_story()}")
+        await self._check_userns(planned, home, socket_dir)
+        uid = self.session_uid
         user = session_user_name(self.session_id)
         await self._add_user(user, home)
         self.host = SessionHost(run_as=RunAs(user, uid, uid, home), home=home, system_user=False,
                                 socket_dir=socket_dir, socket_gid=uid, setup_dir=socket_dir, worker_files=False)
         return self.host
+
+    async def _check_userns(self, planned: int | None, home: Path, socket_dir: Path) -> None:
+        """The mapping the container really got (container_userns.py); refused: the container is removed at once.
+        Then the home and the socket dir go to the session user's host id."""
+        try:
+            base, size = await asyncio.to_thread(read_userns, self._main.pid, session_id=SESSION_UID, planned=planned,
+                                                 homes=home.parent, own_home=home)
+        except SetupFailed:
+            await self._remove_container()
+            raise
+        self._base, self._size = base, size
+        uid = base + SESSION_UID
+        os.chown(home, uid, uid, follow_symlinks=False)
+        make_socket_dir(socket_dir, uid)
+        _write_state(self.session_dir, {"cli": self.cli.kind, "base": base, "size": size, "home": str(home)})
 
     def _make_home(self, uid: int) -> Path:
         parent = self.homes_dir / "containers"
@@ -252,8 +295,14 @@ class ContainerBackend(SessionBackend):
         return Identity(self.session_uid, self.session_uid)
 
     def ssh_server(self) -> tuple[str, dict[str, str]]:
-        """dropbear inside the container (berth.agent.ssh.container), from the bundle mounted at /berth."""
-        return "container", {"container": self.container, "cli": self.cli.kind}
+        """OpenSSH sshd inside the container (berth.agent.ssh.container), from the bundle mounted at /berth."""
+        options = {"container": self.container, "cli": self.cli.kind}
+        if self.cli.host:
+            options["docker_host"] = self.cli.host
+        return "container", options
+
+    def fd_in_session(self, fd: int, pass_fds: tuple[int, ...]) -> int:
+        return 3 + pass_fds.index(fd)  # `exec --preserve-fds N` passes fds 3 .. 3+N-1
 
     def exec_argv(self, argv: list[str], *, root: bool = False, cwd: str | None = None, env_file: str | None = None,
                   env_names: list[str] = (), interactive: bool = False, preserve_fds: int = 0) -> list[str]:
@@ -270,10 +319,12 @@ class ContainerBackend(SessionBackend):
         names as /proc/self/fd/N is renumbered from 3 up, the numbers `exec --preserve-fds` passes."""
         if self.host is None:
             raise RuntimeError("run_in_session() before prepare()")
+        if "PATH" in env:  # berth's tools (git, ssh, rsync, ...) last: an image without them still runs setup
+            env = {**env, "PATH": f"{env['PATH']}:{BUNDLE_BIN}"}
         engine_env = dict(_ENGINE_ENV)
         multiline = {k: v for k, v in env.items() if "\n" in v or "\r" in v}
         engine_env.update(multiline)
-        renumber = {f"/proc/self/fd/{fd}": f"/proc/self/fd/{3 + i}" for i, fd in enumerate(pass_fds)}
+        renumber = {f"/proc/self/fd/{fd}": f"/proc/self/fd/{self.fd_in_session(fd, pass_fds)}" for fd in pass_fds}
         argv = [renumber.get(a, a) for a in argv]
         fd, env_file = tempfile.mkstemp(prefix="exec-env-", dir=self.session_dir)  # the agent's private dir
         try:
@@ -282,7 +333,7 @@ class ContainerBackend(SessionBackend):
             cmd = self.exec_argv(argv, cwd=str(cwd), env_file=env_file, env_names=list(multiline),
                                  interactive=stdin is not None, preserve_fds=len(pass_fds))
             if pass_fds:  # bash (not sh) for fd numbers above 9
-                moves = " ".join(f"{3 + i}<&{fd}" for i, fd in enumerate(pass_fds))
+                moves = " ".join(f"{self.fd_in_session(fd, pass_fds)}<&{fd}" for fd in pass_fds)
                 cmd = ["/bin/bash", "-c", f'exec "$@" {moves}', "bash", *cmd]
             return await run_command(cmd, env=engine_env, stdin=stdin, on_line=on_line, pass_fds=pass_fds)
         finally:
@@ -292,7 +343,14 @@ class ContainerBackend(SessionBackend):
         """Every process in the container runs as a host id of its range; the marker catches the rest."""
         if self._base is None:
             return Scope(session_id=self.session_id)
-        return Scope(session_id=self.session_id, uid_ranges=(range(self._base, self._base + USERNS_SIZE),))
+        return Scope(session_id=self.session_id, uid_ranges=(range(self._base, self._base + self._size),))
+
+    def net_counters(self) -> tuple[int, int] | None:
+        """The container's own network namespace (its main process's): its traffic never crosses a socket of the
+        worker's, so counting sockets would read ~0. None before prepare, once it is gone, or on the host's network."""
+        if self._main is None or not _alive(self._main):
+            return None
+        return namespace_counters(self._main.pid)
 
     async def down_reason(self) -> str | None:
         """Checked every second: a look at the main process; the engine is asked only once it is gone."""
@@ -341,12 +399,14 @@ class ContainerBackend(SessionBackend):
         except (OSError, ValueError):
             state = {}
         with contextlib.suppress(OSError, ValueError, SetupFailed):
-            cli = ContainerCli.choose(state.get("cli") or read_context(session_dir).container_cli)
+            ctx = read_context(session_dir)
+            cli = ContainerCli.choose(state.get("cli") or ctx.container_cli, docker_host=ctx.container_docker_host)
             _, names = await run_command(cli.list_by_label_argv(session_id), env=_ENGINE_ENV)
             for name in {*names, container_name(session_id)}:  # the label finds it under any name
                 await run_command(cli.remove_argv(name), env=_ENGINE_ENV)
         base = state.get("base")
-        scope = Scope(session_id=session_id, uid_ranges=(range(base, base + USERNS_SIZE),) if base else ())
+        size = state.get("size") or USERNS_SIZE
+        scope = Scope(session_id=session_id, uid_ranges=(range(base, base + size),) if base else ())
         killed = await asyncio.to_thread(kill_scope, scope)
         if base and state.get("home"):
             await asyncio.to_thread(lock_home, Path(state["home"]), base + SESSION_UID)
@@ -381,12 +441,6 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _ssh_bundle(session_dir: Path):
-    from berth.agent.ssh.bundle import cache_dir_for, ensure_bundle  # SSH's tools, mounted read-only at /berth
-
-    return ensure_bundle(cache_dir_for(session_dir))
 
 
 def _has_gpus() -> bool:

@@ -9,6 +9,11 @@ the socket directory, where the user can no longer swap it for a link the agent 
 
 The X display is guarded by an MIT cookie (``xauthority``): without one any local user could connect to it.
 ``-displayfd`` lets Xvnc take the first free display itself: no race with another session's server.
+
+In a container (``SessionHost.worker_files`` False) the same steps run through ``<cli> exec``: the programs
+come from the image (checked first, one message naming what is missing), the socket dir and the home are
+bind-mounted at the same paths, the display-number pipe is passed in (``backend.fd_in_session`` says its number
+inside), and ``/tmp/.X11-unix`` is the container's own (made by the backend as container root), not the worker's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from berth.errors import SetupFailed
 log = logging.getLogger(__name__)
 
 XVNC = "Xvnc"
+# What the desktop runs, with the Debian package that provides it (said when an image lacks it).
+PROGRAMS = {XVNC: "tigervnc-standalone-server", "openbox": "openbox", "xterm": "xterm"}
 GEOMETRY = "1280x800"
 DEPTH = 24
 SOCKET_NAME = "vnc.sock"
@@ -56,6 +63,8 @@ class DesktopSpec:
     env: dict[str, str]       # the session's environment (``login_files.session_env`` with the user's variables)
     cwd: Path                 # where the terminal starts: the workspace
     name: str                 # the desktop's name, shown by viewers
+    host_x11: bool = True     # the session sees the worker's /tmp/.X11-unix (False in a container: its own)
+    programs_from: str = "this worker"  # where the programs come from, for the message when some are missing
     geometry: str = GEOMETRY
     depth: int = DEPTH
 
@@ -108,7 +117,9 @@ class DesktopStack:
     async def start(self) -> None:
         """Xvnc, then the window manager and a terminal on its display. SetupFailed (nothing left running) if
         Xvnc does not come up."""
-        _check_x11_dir()
+        await self._check_programs()
+        if self.spec.host_x11:
+            _check_x11_dir()
         work = self._work_dir
         if work.is_symlink():
             work.unlink()
@@ -127,6 +138,16 @@ class DesktopStack:
         self._run("openbox", ["openbox"], env)
         self._run("xterm", ["xterm", "-ls", "-title", "Terminal"], env)  # a login shell: ~/.bash_profile
 
+    async def _check_programs(self) -> None:
+        script = 'for p in "$@"; do command -v "$p" >/dev/null 2>&1 || echo "missing: $p"; done'
+        status, tail = await self.backend.run_in_session(["/bin/sh", "-c", script, "sh", *PROGRAMS], env=self.spec.env,
+                                                         cwd=self.spec.cwd)
+        missing = [line.split(": ", 1)[1] for line in tail if line.startswith("missing: ")]
+        if status or missing:
+            what = ", ".join(f"{p} (package {PROGRAMS[p]})" for p in missing if p in PROGRAMS) or (tail or ["?"])[-1]
+            raise SetupFailed(f"the desktop needs {', '.join(PROGRAMS)} and {self.spec.programs_from} lacks "
+                              f"{what}: install them there")
+
     async def _start_xvnc(self) -> int:
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
@@ -134,7 +155,9 @@ class DesktopStack:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                                     os.fdopen(read_fd, "rb", 0))
         try:
-            xvnc = self._run("Xvnc", self._xvnc_argv(write_fd), self.spec.env, pass_fds=(write_fd,))
+            pass_fds = (write_fd,)
+            xvnc = self._run("Xvnc", self._xvnc_argv(self.backend.fd_in_session(write_fd, pass_fds)), self.spec.env,
+                             pass_fds=pass_fds)
             line = asyncio.ensure_future(reader.readline())
             done, _ = await asyncio.wait({line, xvnc}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
             if line in done and line.result().strip().isdigit():
@@ -180,7 +203,8 @@ class DesktopStack:
                     await task
         self.socket_path.unlink(missing_ok=True)
         shutil.rmtree(self._work_dir, ignore_errors=True)
-        if self.display is not None:  # a killed X server leaves its socket: the display would stay taken
+        # a killed X server leaves its socket: the display would stay taken (a container's goes with it)
+        if self.display is not None and self.spec.host_x11:
             _remove_own_socket(X11_DIR / f"X{self.display}", self.spec.uid)
 
 

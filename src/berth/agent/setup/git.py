@@ -77,8 +77,9 @@ async def clone_git(repo: str, dest: Path, *, branch: str | None, commit: str | 
             on_line = None if quiet else (lambda line: emit(redact(line, secrets)))
             status, tail = await backend.run_in_session([*git, *args], env=env, cwd=dest, on_line=on_line)
             if status == 127:  # the shell's "command not found", also what a container whose image lacks git says
-                raise SetupFailed("git is not installed where this session runs (in a container: its image has no "
-                                  "git): add git to the image, or launch without a git repository")
+                raise SetupFailed("git is not installed where this session runs (on the worker; a container brings "
+                                  "the worker's git when its image has none): install git, or launch without a git "
+                                  "repository")
             if status and what:
                 reason = "\n".join(line for line in tail if not line.startswith("Cloning into"))
                 raise SetupFailed(f"{what} failed: " + redact(reason, secrets))

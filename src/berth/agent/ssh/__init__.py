@@ -8,7 +8,7 @@ sshd. Each kind is an ``SshServer`` (base.py) in its own module:
 * ``dropbear`` - ``/usr/sbin/dropbear`` (dropbear.py), light and also usable unprivileged where the host allows,
 * ``builtin``  - an asyncssh server inside the calling process (builtin.py), for non-root agents where
   neither of the others can check passwords or allocate a pty,
-* ``container`` - dropbear inside the session's container, one per connection (container.py), brought by
+* ``container`` - OpenSSH's sshd inside the session's container, one per connection (container.py), brought by
   berth in a read-only bundle (bundle.py); chosen by the container backend (``SessionBackend.ssh_server``).
 
 ``choose_kind`` (choice.py) picks one; ``start_ssh_server`` starts it. Every login runs ``spec.shell_wrapper``

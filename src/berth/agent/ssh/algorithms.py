@@ -109,8 +109,9 @@ async def read_offer(host: str, port: int, timeout: float = 3.0) -> Offer:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(b"SSH-2.0-berth_offer_check\r\n")
-            while not (await reader.readline()).startswith(b"SSH-"):  # servers may send lines before it
-                pass
+            while not (line := await reader.readline()).startswith(b"SSH-"):  # servers may send lines before it
+                if not line:  # EOF: readline returns at once without yielding, so wait_for could never cut in
+                    raise asyncio.IncompleteReadError(b"", None)
             length, padding = struct.unpack(">IB", await reader.readexactly(5))
             payload = (await reader.readexactly(length - 1))[:length - 1 - padding]
         finally:

@@ -71,6 +71,8 @@ class SshServer(ABC):
                                           tty device; how many got it. Default 0: the server's ptys are real
                                           devices (the watchdog writes to those itself)
       ``children() -> list[Process]``     every live process the server started. Default []
+      ``failure``                         why it stopped serving, when it knows (said when ``alive()`` turns
+                                          False). Default None: "exited unexpectedly"
       ``pids``                            the server's own processes. Default [] (in-process servers)
 
     Provided: ``spec``, ``port``, ``host_key`` (ed25519: the one to pin), ``host_keys`` (every key it may
@@ -85,6 +87,7 @@ class SshServer(ABC):
         self.host_key = ""
         self.host_keys: list[str] = []
         self.pids: list[int] = []
+        self.failure: str | None = None
 
     def __repr__(self) -> str:
         return f"SshServer(kind={self.kind!r}, port={self.port}, pids={self.pids})"

@@ -47,15 +47,13 @@ async def _host_key(run_dir: Path) -> tuple[Path, str]:
     return key, pubkey_line(pub.read_text(), "ssh-ed25519")
 
 
-def _sshd_config(spec: SshServerSpec, port: int, key: Path, algorithm_lines: list[str]) -> str:
+def login_lines(spec: SshServerSpec, *, password: bool = True) -> list[str]:
+    """Who may log in and how, the same for every sshd berth configures: the session user only, by the session
+    password (checked against the shadow entry: no PAM) or a key from its authorized_keys."""
     auth_keys = str(spec.home / ".ssh" / "authorized_keys").replace("%", "%%")  # % starts a token
-    lines = [
-        f"Port {port}",
-        f"ListenAddress {spec.bind_host}",
-        f"HostKey {_cfg_value(str(key))}",
-        f"PidFile {_cfg_value(str(spec.run_dir / 'sshd.pid'))}",
+    return [
         "UsePAM no",
-        "PasswordAuthentication yes",
+        f"PasswordAuthentication {'yes' if password else 'no'}",
         "PermitEmptyPasswords no",
         "KbdInteractiveAuthentication no",
         "PubkeyAuthentication yes",
@@ -64,6 +62,16 @@ def _sshd_config(spec: SshServerSpec, port: int, key: Path, algorithm_lines: lis
         f"PermitRootLogin {'yes' if spec.user == 'root' else 'no'}",
         "PrintMotd no",
         "PrintLastLog no",
+    ]
+
+
+def _sshd_config(spec: SshServerSpec, port: int, key: Path, algorithm_lines: list[str]) -> str:
+    lines = [
+        f"Port {port}",
+        f"ListenAddress {spec.bind_host}",
+        f"HostKey {_cfg_value(str(key))}",
+        f"PidFile {_cfg_value(str(spec.run_dir / 'sshd.pid'))}",
+        *login_lines(spec),
         f"Subsystem sftp {SFTP_SERVER}",
         "AllowTcpForwarding yes",  # VS Code Remote-SSH tunnels to its server through this
         "X11Forwarding no",

@@ -19,6 +19,13 @@ from berth.ids import new_id, new_password  # noqa: F401  (re-exported for servi
 _hasher = PasswordHasher()
 
 
+def configure_password_hashing(time_cost: int, memory_kib: int) -> None:
+    """The server's argon2 costs (``ServerSettings.password_hash_*``), for the hashes made from now on; any
+    existing hash verifies whatever they are (it records its own)."""
+    global _hasher
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+
+
 def _lower_priority() -> None:
     with contextlib.suppress(OSError):  # Linux: niceness is per thread; the event loop thread wins the CPU
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

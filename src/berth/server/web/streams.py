@@ -10,6 +10,8 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth.schemas import SessionStatus
 from berth.server.api.deps import Db
@@ -51,19 +53,26 @@ def _event(row) -> str:
     return f"id: {row.id}\ndata: {data}\n\n"
 
 
+async def _ended(db: AsyncSession, session_id: str) -> bool:
+    status = await db.scalar(select(Session.status).where(Session.id == session_id))
+    return status is None or SessionStatus(status).is_final
+
+
 async def _console(request: Request, session_id: str, after: int) -> AsyncIterator[str]:
     """Console lines as they reach the server, on the same long poll as `berth sessions logs --follow`. Ends when
     the server shuts down (the notifier answers every wait at once), when the browser goes, or once the session
     has ended and every line is out (`event: end`, so EventSource does not reconnect)."""
     state = request.app.state
     poll = Poll(state.notifier, STREAM_WAIT_S, state.settings.poll_interval_s)
+    no_wait = Poll(state.notifier, 0.0, state.settings.poll_interval_s)
     yield "retry: 3000\n\n"
     while not state.notifier.closing and not await request.is_disconnected():
         async with state.sessionmaker() as db:
-            rows = await sessions.wait_for_events(db, session_id, after, _BATCH, poll)
-            if not rows:
-                row = await db.get(Session, session_id)
-                ended = row is None or SessionStatus(row.status).is_final
+            # Once ended (seen before reading), no line is coming: read what is there and end without holding on.
+            ended = await _ended(db, session_id)
+            rows = await sessions.wait_for_events(db, session_id, after, _BATCH, no_wait if ended else poll)
+            if not rows and not ended:
+                ended = await _ended(db, session_id)
         if rows:
             after = rows[-1].id
             yield "".join(_event(r) for r in rows)
