@@ -67,7 +67,8 @@ class SessionSsh:
         self.options: dict[str, str] = {}
         if needed := runtime.backend.ssh_server():  # the backend's sessions need their own kind (a container's)
             self.kind, self.options = needed
-            self.kind_reason = f"{self.kind} SSH server, as the {runtime.backend.name} backend needs"
+            self.kind_reason = f"{self.kind} SSH server, as the {runtime.backend.name} backend needs" + (
+                " (the dropbear option does not apply there)" if dropbear else "")
         else:
             self.kind, self.kind_reason = choose_kind(dropbear, os.geteuid() == 0)
         self.server: SshServer | None = None
