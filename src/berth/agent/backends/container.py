@@ -51,6 +51,7 @@ log = logging.getLogger("berth.agent.container")
 from .container_bundle import ssh_bundle
 from .container_cli import USERNS_SIZE, ContainerCli, RunSpec, container_name
 from .container_runtime import RuntimeChoice, choose_runtime, find_sysbox
+from .container_user import BOOT_DIR, READY, entry_args, exec_script, main_command, write_boot_dir
 from .container_userns import read_userns
 from .process import session_user_name
 
@@ -61,47 +62,6 @@ _SLICES = ".berth-container-slices"
 # The engine runs as root with this environment only: the session's HOME or XDG dirs would make it read
 # configuration the session user wrote.
 _ENGINE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
-# pid 1: stays up, ends on TERM saying so (its log is what the console shows of a container that died), and
-# reaps the orphans of exec'd processes (`wait` reaps any child).
-_MAIN = ["/bin/sh", "-c", "trap 'echo \"berth: the container got SIGTERM\"; exit 143' TERM; "
-         "trap 'exit 130' INT; if command -v sleep >/dev/null 2>&1; then "
-         "while :; do sleep 86400 & wait $!; done; else while read -r _; do :; done; fi"]
-# Writes the session user's entries as container root: $1 name, $2 id, $3 home, $4 days since epoch; the
-# password hash on stdin (never in argv). Any entry with that name or id is replaced (images often have a 1000).
-_ADD_USER = r"""
-set -ef
-name=$1 id=$2 home=$3 today=$4 nl='
-'
-IFS= read -r hash || true
-shell=/bin/sh
-[ -x /bin/bash ] && shell=/bin/bash
-drop() {
-  f=$1 by_id=$2 kept=
-  [ -f "$f" ] || return 0
-  while IFS= read -r line || [ -n "$line" ]; do
-    IFS=:
-    set -- $line
-    IFS=" "
-    [ "$1" = "$name" ] && continue
-    [ "$by_id" = 1 ] && [ "${3:-}" = "$id" ] && continue
-    kept="$kept$line$nl"
-  done < "$f"
-  printf '%s' "$kept" > "$f"
-}
-umask 022
-drop /etc/passwd 1
-printf '%s:x:%s:%s:berth session:%s:%s\n' "$name" "$id" "$id" "$home" "$shell" >> /etc/passwd
-drop /etc/group 1
-printf '%s:x:%s:\n' "$name" "$id" >> /etc/group
-umask 077
-drop /etc/shadow 0
-[ -n "$hash" ] && printf '%s:%s:%s:0:99999:7:::\n' "$name" "$hash" "$today" >> /etc/shadow
-umask 022  # the X servers' socket dir, root's and sticky as a booted system makes it (a desktop's Xvnc uses it)
-{ mkdir -p /tmp/.X11-unix && chmod 1777 /tmp/.X11-unix; } 2>/dev/null || true
-exit 0
-"""
-
-
 def read_context(session_dir: Path) -> SupervisorContext:
     """The agent's settings for this session (assignment.json), as the supervisor reads them."""
     data = json.loads((session_dir / ASSIGNMENT_FILE).read_text())
@@ -216,7 +176,8 @@ class ContainerBackend(SessionBackend):
                               "has none for such sessions: launch it with an image (--image), or set "
                               "BERTH_AGENT_CONTAINER_IMAGE on the worker")
         cli = self.cli
-        status, _ = await self._engine(cli.image_exists_argv(self.image))
+        (status, _), bundle = await asyncio.gather(self._engine(cli.image_exists_argv(self.image)),
+                                                   asyncio.to_thread(ssh_bundle, self.session_dir, cli, _sync_engine))
         if status:
             raise SetupFailed(f"image {self.image!r} is not on this worker ({cli.kind} images); pull or build it there")
         planned = self.uid_base if cli.kind == "podman" else None  # Docker: the daemon's, read once it runs
@@ -224,28 +185,53 @@ class ContainerBackend(SessionBackend):
         socket_dir = make_socket_dir(self.runtime_dir / self.session_id,
                                      planned + SESSION_UID if planned is not None else None)
         _write_state(self.session_dir, {"cli": cli.kind, "base": planned, "home": str(home)})
+        user = session_user_name(self.session_id)
+        entries, password_hash = entry_args(user, SESSION_UID, home), await _password_hash(self.password)
+        mounts = [(str(home), str(home), ""), (str(socket_dir), str(socket_dir), ""), *bundle.mounts()]
+        boot = self.session_dir / "boot"
+        if planned is not None:  # Podman: pid 1 writes the user's entries at boot (container_user.py)
+            shutil.rmtree(boot, ignore_errors=True)
+            write_boot_dir(boot, password_hash, planned)
+            mounts.append((str(boot), BOOT_DIR, "ro"))
         spec = RunSpec(
-            name=self.container, session_id=self.session_id, image=self.image, command=_MAIN,
-            uid_base=planned, mounts=[(str(home), str(home), ""), (str(socket_dir), str(socket_dir), ""),
-                                            *(await asyncio.to_thread(ssh_bundle, self.session_dir, cli, _sync_engine)).mounts()],
+            name=self.container, session_id=self.session_id, image=self.image,
+            command=main_command(entries if planned is not None else None), uid_base=planned, mounts=mounts,
             runtime=self.runtime.runtime, cpus=self.ctx.container_cpus, memory=self.ctx.container_memory,
             network=self.ctx.container_network, gpus=_has_gpus(), hostname=f"berth-{self.session_id[:12]}",
             engine_args=list(self.ctx.container_run_args), user_args=self.user_args)
-        status, tail = await self._engine(cli.run_argv(spec))
-        if status:
-            raise SetupFailed(f"could not start a container of {self.image}: " + "\n".join(tail[-8:]))
-        status, tail = await self._engine(cli.inspect_argv(self.container, "{{.State.Pid}}"))
-        with contextlib.suppress(ValueError, psutil.Error):
-            self._main = psutil.Process(int(tail[-1]))
-        if self._main is None:
-            raise SetupFailed(f"the container of {self.image} did not stay up: {await self._exit_story()}")
-        await self._check_userns(planned, home, socket_dir)
+        try:
+            status, tail = await self._engine(cli.run_argv(spec))
+            if status:
+                raise SetupFailed(f"could not start a container of {self.image}: " + "\n".join(tail[-8:]))
+            status, tail = await self._engine(cli.inspect_argv(self.container, "{{.State.Pid}}"))
+            with contextlib.suppress(ValueError, psutil.Error):
+                self._main = psutil.Process(int(tail[-1]))
+            if self._main is None:
+                raise SetupFailed(f"the container of {self.image} did not stay up: {await self._exit_story()}")
+            await self._check_userns(planned, home, socket_dir)
+            if planned is not None:
+                await self._user_written_at_boot()
+            else:
+                await self._add_user(entries, password_hash)
+        finally:
+            shutil.rmtree(boot, ignore_errors=True)  # the hash: needed only until pid 1 read it
         uid = self.session_uid
-        user = session_user_name(self.session_id)
-        await self._add_user(user, home)
         self.host = SessionHost(run_as=RunAs(user, uid, uid, home), home=home, system_user=False,
                                 socket_dir=socket_dir, socket_gid=uid, setup_dir=socket_dir, worker_files=False)
         return self.host
+
+    async def _user_written_at_boot(self, timeout_s: float = 30.0) -> None:
+        """Wait for pid 1's READY mark (seen through /proc/<pid>/root: the container's own file system)."""
+        ready = Path(f"/proc/{self._main.pid}/root{READY}")
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if not _alive(self._main):
+                raise SetupFailed(f"could not add the session user inside the container ({self.image} needs "
+                                  f"/bin/sh): {await self._exit_story()}")
+            if time.monotonic() > deadline:
+                raise SetupFailed(f"the container of {self.image} did not write the session user's entries within "
+                                  f"{timeout_s:g} s")
+            await asyncio.sleep(0.01)
 
     async def _check_userns(self, planned: int | None, home: Path, socket_dir: Path) -> None:
         """The mapping the container really got (container_userns.py); refused: the container is removed at once.
@@ -278,13 +264,10 @@ class ContainerBackend(SessionBackend):
         os.chmod(home, 0o750, follow_symlinks=False)
         return home
 
-    async def _add_user(self, user: str, home: Path) -> None:
-        status, tail = await run_command(["openssl", "passwd", "-6", "-stdin"], env=_ENGINE_ENV,
-                                         stdin=self.password.encode() + b"\n")
-        hash_line = tail[-1] if status == 0 and tail and tail[-1].startswith("$6$") else ""
-        argv = self.cli.exec_argv(self.container, ["/bin/sh", "-c", _ADD_USER, "sh", user, str(SESSION_UID), str(home),
-                                                   str(int(time.time() // 86400))], user="0:0", interactive=True)
-        status, tail = await self._engine(argv, stdin=f"{hash_line}\n".encode())
+    async def _add_user(self, entries: list[str], password_hash: str) -> None:
+        """The entries by exec (Docker: the mapping was checked first), the hash on stdin."""
+        argv = self.cli.exec_argv(self.container, exec_script(entries), user="0:0", interactive=True)
+        status, tail = await self._engine(argv, stdin=f"{password_hash}\n".encode())
         if status:
             raise SetupFailed(f"could not add the session user inside the container ({self.image} needs /bin/sh): "
                               + "\n".join(tail[-5:]))
@@ -410,7 +393,7 @@ class ContainerBackend(SessionBackend):
         killed = await asyncio.to_thread(kill_scope, scope)
         if base and state.get("home"):
             await asyncio.to_thread(lock_home, Path(state["home"]), base + SESSION_UID)
-        for path in (session_dir / "secrets.json", session_dir / "scratch", session_dir / STATE_FILE,
+        for path in (session_dir / "secrets.json", session_dir / "scratch", session_dir / STATE_FILE, session_dir / "boot",
                      runtime_dir / session_id):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -420,6 +403,14 @@ class ContainerBackend(SessionBackend):
 
     async def _engine(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, list[str]]:
         return await run_command(argv, env=_ENGINE_ENV, stdin=stdin)
+
+
+async def _password_hash(password: str) -> str:
+    """SHA-512 crypt of the session password, for the container's /etc/shadow ("" when it cannot be made: no
+    password login then, keys still work)."""
+    status, tail = await run_command(["openssl", "passwd", "-6", "-stdin"], env=_ENGINE_ENV,
+                                     stdin=password.encode() + b"\n")
+    return tail[-1] if status == 0 and tail and tail[-1].startswith("$6$") else ""
 
 
 def _sync_engine(argv: list[str]) -> tuple[int, str]:
