@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import struct
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 from container_image import AGENT_ENV, IMAGE, container_exists, ensure_test_image, podman
-from test_remote_desktop_worker import DESKTOP_PROGRAMS, programs, recv_exactly, rfb_connect, wait_for
+from test_remote_desktop_worker import DESKTOP_PROGRAMS, full_update_is_raw_pixels, programs, rfb_connect, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the container backend's agent runs as root")
 
@@ -94,19 +93,7 @@ def test_rfb_handshake_and_a_framebuffer_update_from_inside_the_container(agent_
     sock, width, height, name = rfb_connect(path)
     try:
         assert (width, height) == (1280, 800) and name == "ctr-desk-one"
-        sock.sendall(struct.pack("!BBHHHH", 3, 0, 0, 0, width, height))  # FramebufferUpdateRequest, full
-        kind = recv_exactly(sock, 1)[0]
-        while kind != 0:  # a Bell or cut text may come first
-            assert kind in (2, 3), kind
-            if kind == 3:
-                recv_exactly(sock, 3)
-                recv_exactly(sock, struct.unpack("!I", recv_exactly(sock, 4))[0])
-            kind = recv_exactly(sock, 1)[0]
-        recv_exactly(sock, 1)
-        (rects,) = struct.unpack("!H", recv_exactly(sock, 2))
-        _, _, w, h, encoding = struct.unpack("!HHHHi", recv_exactly(sock, 12))
-        assert rects >= 1 and encoding == 0 and w * h > 0
-        assert len(recv_exactly(sock, w * h * 4)) == w * h * 4
+        full_update_is_raw_pixels(sock, width, height)
     finally:
         sock.close()
 

@@ -55,6 +55,25 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+def full_update_is_raw_pixels(sock: socket.socket, width: int, height: int) -> None:
+    """Ask for the whole framebuffer; its first rectangle arrives as raw pixels (we announced no other encoding)."""
+    sock.sendall(struct.pack("!BBHHHH", 3, 0, 0, 0, width, height))  # FramebufferUpdateRequest, full
+    kind = recv_exactly(sock, 1)[0]
+    while kind != 0:  # skip anything else the server sends first (e.g. a Bell or cut text)
+        assert kind in (2, 3), kind
+        if kind == 3:
+            recv_exactly(sock, 3)
+            recv_exactly(sock, struct.unpack("!I", recv_exactly(sock, 4))[0])
+        kind = recv_exactly(sock, 1)[0]
+    recv_exactly(sock, 1)
+    (rects,) = struct.unpack("!H", recv_exactly(sock, 2))
+    assert rects >= 1
+    x, y, w, h, encoding = struct.unpack("!HHHHi", recv_exactly(sock, 12))
+    assert encoding == 0 and w * h > 0
+    pixels = recv_exactly(sock, w * h * 4)
+    assert len(pixels) == w * h * 4
+
+
 def rfb_connect(path: str) -> tuple[socket.socket, int, int, str]:
     """RFB 3.8 with security None up to ServerInit: (socket, width, height, desktop name)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -113,21 +132,7 @@ def test_rfb_handshake_without_password_and_pixels(stack, desktop):
     try:
         assert (width, height) == (1280, 800)
         assert name == "desk-one"
-        sock.sendall(struct.pack("!BBHHHH", 3, 0, 0, 0, width, height))  # FramebufferUpdateRequest, full
-        kind = recv_exactly(sock, 1)[0]
-        while kind != 0:  # skip anything else the server sends first (e.g. a Bell or cut text)
-            assert kind in (2, 3), kind
-            if kind == 3:
-                recv_exactly(sock, 3)
-                recv_exactly(sock, struct.unpack("!I", recv_exactly(sock, 4))[0])
-            kind = recv_exactly(sock, 1)[0]
-        recv_exactly(sock, 1)
-        (rects,) = struct.unpack("!H", recv_exactly(sock, 2))
-        assert rects >= 1
-        x, y, w, h, encoding = struct.unpack("!HHHHi", recv_exactly(sock, 12))
-        assert encoding == 0 and w * h > 0  # Raw: we announced no other encoding
-        pixels = recv_exactly(sock, w * h * 4)
-        assert len(pixels) == w * h * 4
+        full_update_is_raw_pixels(sock, width, height)
     finally:
         sock.close()
 
