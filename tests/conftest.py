@@ -293,7 +293,7 @@ def session_processes(session_id: str) -> list[psutil.Process]:
 # SQLite; the PostgreSQL run (scripts/test.sh) deselects the "worker" marker, as it does "browser". Everything that
 # reads or writes through the server's services (API, pages, gateway authorization, claims, transitions) runs on both.
 WORKER_SIDE_MODULES = {
-    "test_as_session", "test_environment", "test_ssh_servers", "test_ssh_algorithms", "test_setup_steps",
+    "test_as_session", "test_environment", "test_session_processes", "test_ssh_servers", "test_ssh_algorithms", "test_setup_steps",
     "test_input_detection", "test_remote_desktop_worker", "test_container_backend", "test_container_ssh",
     "test_container_e2e", "test_ssh_tunnel", "test_ssh_session", "test_privilege_boundaries",
     "test_container_desktop", "test_container_metrics", "test_container_docker",
